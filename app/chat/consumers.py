@@ -1,0 +1,117 @@
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from . import protocol
+from .models import Message
+from .ratelimit import TokenBucket
+
+logger = logging.getLogger(__name__)
+
+
+@database_sync_to_async
+def load_backlog(room, since):
+    """The messages a joining client gets first, oldest first.
+
+    Without `since`, the room's latest CHAT_HISTORY_LIMIT messages; with it,
+    those after `since` (at most CHAT_RESYNC_LIMIT, the latest ones).
+    """
+    messages = Message.objects.filter(room=room)
+    if since is None:
+        limit = settings.CHAT_HISTORY_LIMIT
+    else:
+        messages = messages.filter(id__gt=since)
+        limit = settings.CHAT_RESYNC_LIMIT
+    if limit == 0:
+        return []
+    return list(reversed(messages.order_by("-id")[:limit]))
+
+
+@database_sync_to_async
+def store(room, incoming):
+    return Message.objects.create(room=room, user=incoming.user, text=incoming.text)
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    """One websocket in one room: replays the backlog, then relays the room's messages."""
+
+    async def connect(self):
+        self.room = self.scope["url_route"]["kwargs"]["room_name"]
+        if not protocol.is_valid_room_name(self.room):
+            await self.close()  # before accept: the handshake is refused (HTTP 403)
+            return
+        self.group = protocol.group_name(self.room)
+        self.bucket = TokenBucket(settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
+        # Join before reading the backlog, so that nothing sent in between is missed.
+        try:
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        except Exception:
+            logger.exception("Refused a client of room %r: could not join its channel-layer group", self.room)
+            del self.group
+            await self.close()
+            return
+        await self.accept()
+        try:
+            since = protocol.parse_since(self.scope["query_string"])
+        except protocol.ProtocolError as error:
+            await self.send(text_data=protocol.error(str(error)))
+            since = None
+        backlog = await load_backlog(self.room, since)
+        for message in backlog:
+            await self.send(text_data=protocol.outgoing(message, history=True))
+        # Messages stored while the backlog was read may also be on their way
+        # through the group; these ids let chat_message skip them once.
+        self.replayed = frozenset(message.id for message in backlog)
+        self.replayed_until = backlog[-1].id if backlog else 0
+
+    async def disconnect(self, code):
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if text_data is None:
+            await self.send(text_data=protocol.error("Binary frames are not accepted: send JSON as text."))
+            return
+        try:
+            incoming = protocol.parse_incoming(text_data, settings.CHAT_MESSAGE_MAX_LENGTH)
+        except protocol.ProtocolError as error:
+            await self.send(text_data=protocol.error(str(error)))
+            return
+        if not self.bucket.take():
+            await self.send(
+                text_data=protocol.error(
+                    f"Too many messages: at most {settings.CHAT_RATE_PER_SECOND:g} a second "
+                    f"(bursts of {settings.CHAT_RATE_BURST}). This one was not sent."
+                )
+            )
+            return
+        message = await store(self.room, incoming)
+        try:
+            # Serialized once here rather than once per receiving client.
+            await self.channel_layer.group_send(
+                self.group, {"type": "chat.message", "id": message.id, "text": protocol.outgoing(message)}
+            )
+        except Exception:
+            logger.exception("Could not broadcast message %s in room %r", message.id, self.room)
+            await self.send(
+                text_data=protocol.error(
+                    "The message was saved but could not be delivered live; it will appear when clients resync."
+                )
+            )
+
+    async def chat_message(self, event):
+        if self.replayed:
+            if event["id"] in self.replayed:
+                return
+            if event["id"] > self.replayed_until:
+                self.replayed = frozenset()
+        await self.send(text_data=event["text"])
+
+
+class RefuseConsumer(AsyncWebsocketConsumer):
+    """Any websocket path that is not a chat room: refused at the handshake."""
+
+    async def connect(self):
+        await self.close()

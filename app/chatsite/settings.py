@@ -1,0 +1,249 @@
+"""Settings for the chat service.
+
+Everything an operator sets comes from the environment, read here and nowhere
+else. The defaults are the safe ones for production: DEBUG off, no hosts
+allowed until named, secrets required. `manage.py runserver` is the one place
+that switches DEBUG on by default, for a developer's machine.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name, default=False):
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    value = value.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}.")
+
+
+def env_int(name, default, minimum=1):
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}.") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}.")
+    return number
+
+
+def env_float(name, default):
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}.") from None
+    if number <= 0:
+        raise ImproperlyConfigured(f"{name} must be greater than 0, not {number}.")
+    return number
+
+
+def env_list(name):
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def database_from_url(url):
+    """The DATABASES entry for a postgres:// or postgresql:// URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must start with postgresql://, not {parts.scheme or url!r}:// "
+            "(leave it unset to use SQLite)."
+        )
+    name = parts.path.lstrip("/")
+    if not name:
+        raise ImproperlyConfigured("DATABASE_URL names no database (postgresql://user:pass@host:5432/NAME).")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(name),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+        # Keep connections between requests; the health check notices dead ones.
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+def channel_layer_from_env(redis_urls, layer):
+    """The channel layer: Redis when REDIS_URL is set, in-memory otherwise.
+
+    REDIS_URL may list several servers, comma-separated, to shard the layer.
+    """
+    if not redis_urls:
+        # A single process only: fine for runserver and the tests, never for
+        # more than one daphne process. ChatConfig.ready() logs it.
+        return {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    for url in redis_urls:
+        if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+            raise ImproperlyConfigured(f"REDIS_URL must be redis://[:password@]host:port/db, not {url!r}.")
+    if layer == "pubsub":
+        return {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": url} for url in redis_urls]},
+        }
+    if layer == "core":
+        return {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # redis-py caps a pool at 100 connections unless told otherwise;
+                # more joins in flight than that would fail handshakes.
+                "hosts": [{"address": url, "max_connections": 1000} for url in redis_urls],
+                "capacity": env_int("CHAT_CHANNEL_CAPACITY", 1000),
+                "expiry": 30,
+            },
+        }
+    raise ImproperlyConfigured(f"CHAT_CHANNEL_LAYER must be pubsub or core, not {layer!r}.")
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. Set it to a long random string "
+            "(the deployment generates one), or set DJANGO_DEBUG=true on a development machine."
+        )
+    SECRET_KEY = "django-insecure-development-only"
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS")
+if not ALLOWED_HOSTS and not DEBUG:
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS is empty. Set it to the names the site is reached by, "
+        "comma-separated (for example chat.example.org,127.0.0.1)."
+    )
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+# Behind nginx with TLS: trust the X-Forwarded-Proto header that nginx sets,
+# so request.is_secure() is right, and keep cookies to HTTPS.
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_HTTPS", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+INSTALLED_APPS = [
+    # First, so that runserver is daphne's ASGI server.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"])}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("DJANGO_SQLITE_PATH") or BASE_DIR / "db.sqlite3",
+            "OPTIONS": {
+                # Several daphne processes write to one file: WAL lets readers
+                # go on during a write, and IMMEDIATE plus a timeout makes
+                # writers queue instead of failing with "database is locked".
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CHANNEL_LAYERS = {
+    "default": channel_layer_from_env(env_list("REDIS_URL"), os.environ.get("CHAT_CHANNEL_LAYER", "pubsub")),
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles"
+# Hashed names, so nginx can tell browsers to cache them for a year.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
+        )
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["stderr"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+}
+
+# The chat itself.
+CHAT_MESSAGE_MAX_LENGTH = env_int("CHAT_MESSAGE_MAX_LENGTH", 2000)
+CHAT_HISTORY_LIMIT = env_int("CHAT_HISTORY_LIMIT", 50, minimum=0)
+CHAT_RESYNC_LIMIT = env_int("CHAT_RESYNC_LIMIT", 1000)
+CHAT_RATE_PER_SECOND = env_float("CHAT_RATE_PER_SECOND", 5.0)
+CHAT_RATE_BURST = env_int("CHAT_RATE_BURST", 10)
