@@ -2,8 +2,9 @@
 """Django's command-line utility for the chat service.
 
 On a developer's machine `python app/manage.py runserver` needs nothing set:
-runserver turns DEBUG on unless DJANGO_DEBUG says otherwise. Every other
-command, and the deployed service, keep the production defaults.
+runserver turns DEBUG on unless DJANGO_DEBUG says otherwise, and brings the
+development database up to date first. Every other command, and the deployed
+service, keep the production defaults.
 """
 
 import os
@@ -12,10 +13,11 @@ import sys
 
 def main():
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
-    if sys.argv[1:2] == ["runserver"]:
-        os.environ.setdefault("DJANGO_DEBUG", "true")
     from django.core.management import execute_from_command_line
 
+    if sys.argv[1:2] == ["runserver"]:
+        os.environ.setdefault("DJANGO_DEBUG", "true")
+        execute_from_command_line([sys.argv[0], "migrate", "--no-input", "--verbosity", "0"])
     execute_from_command_line(sys.argv)
 
 

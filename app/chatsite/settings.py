@@ -86,6 +86,8 @@ def channel_layer_from_env(redis_urls, layer):
 
     REDIS_URL may list several servers, comma-separated, to shard the layer.
     """
+    if layer not in {"pubsub", "core"}:
+        raise ImproperlyConfigured(f"CHAT_CHANNEL_LAYER must be pubsub or core, not {layer!r}.")
     if not redis_urls:
         # A single process only: fine for runserver and the tests, never for
         # more than one daphne process. ChatConfig.ready() logs it.
@@ -98,18 +100,16 @@ def channel_layer_from_env(redis_urls, layer):
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [{"address": url} for url in redis_urls]},
         }
-    if layer == "core":
-        return {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # redis-py caps a pool at 100 connections unless told otherwise;
-                # more joins in flight than that would fail handshakes.
-                "hosts": [{"address": url, "max_connections": 1000} for url in redis_urls],
-                "capacity": env_int("CHAT_CHANNEL_CAPACITY", 1000),
-                "expiry": 30,
-            },
-        }
-    raise ImproperlyConfigured(f"CHAT_CHANNEL_LAYER must be pubsub or core, not {layer!r}.")
+    return {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            # redis-py caps a pool at 100 connections unless told otherwise;
+            # more joins in flight than that would fail handshakes.
+            "hosts": [{"address": url, "max_connections": 1000} for url in redis_urls],
+            "capacity": env_int("CHAT_CHANNEL_CAPACITY", 1000),
+            "expiry": 30,
+        },
+    }
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)

@@ -1,0 +1,86 @@
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import redis
+
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_redis(url, seconds=10):
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            client.ping()
+            return client
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real Redis: REDIS_URL when the environment gives one, else a private server on a free port."""
+    import os
+
+    if os.environ.get("REDIS_URL"):
+        wait_for_redis(os.environ["REDIS_URL"])
+        yield os.environ["REDIS_URL"]
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server), and REDIS_URL is not set.")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_for_redis(url)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+LAYERS = {
+    "memory": lambda url: {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+    "redis-pubsub": lambda url: {
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "CONFIG": {"hosts": [{"address": url}]},
+    },
+    "redis-core": lambda url: {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": url}]},
+    },
+}
+
+
+@pytest.fixture(params=list(LAYERS))
+def channel_layer(request, settings):
+    """Runs a test once per channel layer: in-memory, and both Redis layers against real Redis."""
+    url = None
+    if request.param != "memory":
+        url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(url).flushdb()
+    settings.CHANNEL_LAYERS = {"default": LAYERS[request.param](url)}
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def plain_static_storage(settings):
+    """Templates render without a collectstatic manifest (DEBUG is off in tests)."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

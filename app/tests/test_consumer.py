@@ -1,0 +1,251 @@
+"""The websocket consumer, through Channels' WebsocketCommunicator.
+
+Every test runs once per channel layer: in-memory, and the two Redis layers
+against a real Redis server (see conftest.py).
+"""
+
+import json
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from chat.models import Message
+from chatsite.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = b"http://testserver"
+
+
+def communicator(path, origin=ORIGIN):
+    headers = [(b"origin", origin)] if origin is not None else []
+    return WebsocketCommunicator(application, path, headers=headers)
+
+
+@asynccontextmanager
+async def joined(path, origin=ORIGIN):
+    client = communicator(path, origin)
+    connected, code = await client.connect(timeout=5)
+    assert connected, f"handshake refused with {code}"
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+@database_sync_to_async
+def store(room, *texts, user="earlier"):
+    return [Message.objects.create(room=room, user=user, text=text).id for text in texts]
+
+
+@database_sync_to_async
+def stored_count():
+    return Message.objects.count()
+
+
+async def receive(client):
+    return await client.receive_json_from(timeout=5)
+
+
+async def test_two_clients_in_a_room_both_get_a_message(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+        await ann.send_json_to({"message": "hello", "user": "ann"})
+        for client in (ann, bob):
+            got = await receive(client)
+            assert got["message"] == "hello"
+            assert got["user"] == "ann"
+            assert got["room"] == "lobby"
+            assert isinstance(got["id"], int)
+            assert datetime.fromisoformat(got["ts"]).utcoffset().total_seconds() == 0
+            assert "history" not in got
+
+
+async def test_clients_in_another_room_do_not_get_the_message(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/kitchen/") as cook:
+        await ann.send_json_to({"message": "only for the lobby"})
+        assert (await receive(ann))["message"] == "only for the lobby"
+        assert await cook.receive_nothing(timeout=0.5)
+
+
+async def test_ids_increase_within_a_room(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann:
+        ids = []
+        for text in ("one", "two", "three"):
+            await ann.send_json_to({"message": text})
+            ids.append((await receive(ann))["id"])
+        assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+async def test_message_without_user_is_anonymous(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann:
+        await ann.send_json_to({"message": "who am I"})
+        assert (await receive(ann))["user"] == "anonymous"
+
+
+async def test_joining_client_gets_recent_history_oldest_first(channel_layer, settings):
+    settings.CHAT_HISTORY_LIMIT = 50
+    await store("lobby", *[f"old {n}" for n in range(60)])
+    await store("kitchen", "elsewhere")
+    async with joined("/ws/chat/lobby/") as ann:
+        history = [await receive(ann) for _ in range(50)]
+        assert [m["message"] for m in history] == [f"old {n}" for n in range(10, 60)]
+        assert all(m["history"] is True for m in history)
+        assert await ann.receive_nothing(timeout=0.3)
+        # Live messages follow the history, without the marker.
+        await ann.send_json_to({"message": "now"})
+        live = await receive(ann)
+        assert live["message"] == "now" and "history" not in live
+        assert live["id"] > history[-1]["id"]
+
+
+async def test_reconnecting_with_since_gets_exactly_what_was_missed(channel_layer):
+    first, second, third = await store("lobby", "seen", "missed 1", "missed 2")
+    async with joined(f"/ws/chat/lobby/?since={first}") as ann:
+        got = [await receive(ann), await receive(ann)]
+        assert [m["id"] for m in got] == [second, third]
+        assert [m["message"] for m in got] == ["missed 1", "missed 2"]
+        assert all(m["history"] for m in got)
+        assert await ann.receive_nothing(timeout=0.3)
+    async with joined(f"/ws/chat/lobby/?since={third}") as bob:
+        assert await bob.receive_nothing(timeout=0.3)
+
+
+async def test_resync_is_bounded(channel_layer, settings):
+    settings.CHAT_RESYNC_LIMIT = 3
+    ids = await store("lobby", *[f"m{n}" for n in range(8)])
+    async with joined(f"/ws/chat/lobby/?since={ids[0]}") as ann:
+        got = [await receive(ann) for _ in range(3)]
+        assert [m["id"] for m in got] == ids[-3:]
+        assert await ann.receive_nothing(timeout=0.3)
+
+
+async def test_invalid_since_gets_an_error_and_the_default_history(channel_layer):
+    await store("lobby", "hello")
+    async with joined("/ws/chat/lobby/?since=yesterday") as ann:
+        assert "since" in (await receive(ann))["error"]
+        assert (await receive(ann))["message"] == "hello"
+
+
+BAD_FRAMES = {
+    "malformed_json": "{not json",
+    "json_that_is_not_an_object": "[1, 2, 3]",
+    "json_string": '"hello"',
+    "missing_message": json.dumps({"user": "ann"}),
+    "non_string_message": json.dumps({"message": 42}),
+    "null_message": json.dumps({"message": None}),
+    "empty_message": json.dumps({"message": ""}),
+    "whitespace_only_message": json.dumps({"message": " \n\t "}),
+    "message_over_the_length_limit": json.dumps({"message": "x" * 2001}),
+    "non_string_user": json.dumps({"message": "hi", "user": ["ann"]}),
+    "user_over_32_characters": json.dumps({"message": "hi", "user": "u" * 33}),
+}
+
+
+@pytest.mark.parametrize("frame", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+async def test_bad_input_gets_an_error_and_the_connection_stays_open(channel_layer, frame):
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+        await ann.send_to(text_data=frame)
+        answer = await receive(ann)
+        assert set(answer) == {"error"} and isinstance(answer["error"], str) and answer["error"]
+        # Only the sender hears about it; nothing is broadcast or stored.
+        assert await bob.receive_nothing(timeout=0.3)
+        assert await stored_count() == 0
+        # The connection still works.
+        await ann.send_json_to({"message": "still here"})
+        assert (await receive(ann))["message"] == "still here"
+        assert (await receive(bob))["message"] == "still here"
+
+
+async def test_binary_frame_gets_an_error_and_the_connection_stays_open(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+        await ann.send_to(bytes_data=json.dumps({"message": "as bytes"}).encode())
+        assert "Binary" in (await receive(ann))["error"]
+        assert await bob.receive_nothing(timeout=0.3)
+        assert await stored_count() == 0
+        await ann.send_json_to({"message": "as text"})
+        assert (await receive(bob))["message"] == "as text"
+
+
+async def test_message_at_the_length_limit_is_accepted(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann:
+        await ann.send_json_to({"message": "x" * 2000})
+        assert (await receive(ann))["message"] == "x" * 2000
+
+
+async def test_length_limit_is_configurable(channel_layer, settings):
+    settings.CHAT_MESSAGE_MAX_LENGTH = 5
+    async with joined("/ws/chat/lobby/") as ann:
+        await ann.send_json_to({"message": "123456"})
+        assert "limit is 5" in (await receive(ann))["error"]
+        await ann.send_json_to({"message": "12345"})
+        assert (await receive(ann))["message"] == "12345"
+
+
+async def test_sending_faster_than_the_rate_gets_errors_for_the_excess(channel_layer, settings):
+    settings.CHAT_RATE_PER_SECOND = 0.01  # no refill during the test
+    settings.CHAT_RATE_BURST = 3
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+        for n in range(5):
+            await ann.send_json_to({"message": f"m{n}"})
+        answers = [await receive(ann) for _ in range(5)]
+        assert [a.get("message") for a in answers if "message" in a] == ["m0", "m1", "m2"]
+        errors = [a["error"] for a in answers if "error" in a]
+        assert len(errors) == 2 and all("Too many messages" in e for e in errors)
+        assert [(await receive(bob))["message"] for _ in range(3)] == ["m0", "m1", "m2"]
+        assert await bob.receive_nothing(timeout=0.3)
+        assert await stored_count() == 3
+
+
+@pytest.mark.parametrize("origin", [b"http://evil.example", None], ids=["foreign_origin", "no_origin"])
+async def test_handshake_from_a_foreign_or_missing_origin_is_refused(channel_layer, origin):
+    client = communicator("/ws/chat/lobby/", origin=origin)
+    connected, code = await client.connect(timeout=5)
+    assert not connected
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/ws/chat/a%20b/", "/ws/chat/%3Cscript%3E/", f"/ws/chat/{'r' * 65}/", "/ws/chat/", "/ws/elsewhere/", "/ws/"],
+    ids=["space", "markup", "65_characters", "no_room", "not_chat", "bare_ws"],
+)
+async def test_paths_that_are_not_chat_rooms_are_refused(channel_layer, path):
+    client = communicator(path)
+    connected, code = await client.connect(timeout=5)
+    assert not connected
+
+
+async def test_room_name_of_64_characters_is_accepted(channel_layer):
+    async with joined(f"/ws/chat/{'r' * 64}/") as ann:
+        await ann.send_json_to({"message": "long room"})
+        assert (await receive(ann))["room"] == "r" * 64
+
+
+async def test_unicode_room_names_work_and_stay_apart(channel_layer):
+    # 大厅 ("lobby") and 大堂 differ in one character; each gets its own group.
+    async with joined("/ws/chat/%E5%A4%A7%E5%8E%85/") as ann, joined("/ws/chat/%E5%A4%A7%E5%A0%82/") as bob:
+        await ann.send_json_to({"message": "hi", "user": "安"})
+        got = await receive(ann)
+        assert got["room"] == "大厅" and got["user"] == "安"
+        assert await bob.receive_nothing(timeout=0.5)
+
+
+async def test_cjk_text_and_emoji_round_trip_unchanged(channel_layer):
+    text = "你好，世界！ こんにちは 안녕 👋🏽 🇫🇷 e\u0301 — fin"
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+        await ann.send_json_to({"message": text, "user": "小明"})
+        for client in (ann, bob):
+            got = await receive(client)
+            assert got["message"] == text and got["user"] == "小明"
+    async with joined("/ws/chat/lobby/") as late:
+        assert (await receive(late))["message"] == text
+
+
+async def test_message_is_stored(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann:
+        await ann.send_json_to({"message": "keep me", "user": "ann"})
+        got = await receive(ann)
+    message = await database_sync_to_async(Message.objects.get)(id=got["id"])
+    assert (message.room, message.user, message.text) == ("lobby", "ann", "keep me")

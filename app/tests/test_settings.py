@@ -1,0 +1,175 @@
+"""Settings from the environment, and a cold start of the real processes.
+
+Start-up failures run in a fresh interpreter: settings are read once per process.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from chatsite.settings import channel_layer_from_env, database_from_url
+from django.core.exceptions import ImproperlyConfigured
+
+from .conftest import free_port
+
+APP_DIR = Path(__file__).resolve().parent.parent
+SETUP = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
+
+
+def run_python(code, env_overrides, drop=()):
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "REDIS_", "CHAT_"))}
+    env.update({"DJANGO_SETTINGS_MODULE": "chatsite.settings", "PYTHONPATH": str(APP_DIR)})
+    env.update(env_overrides)
+    for key in drop:
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+PRODUCTION = {"DJANGO_SECRET_KEY": "k" * 50, "DJANGO_ALLOWED_HOSTS": "chat.example.org"}
+
+
+def test_production_settings_start():
+    result = run_python(SETUP, PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False", "DEBUG is off by default"
+
+
+def test_missing_secret_key_with_debug_off_fails_clearly():
+    result = run_python(SETUP, {"DJANGO_ALLOWED_HOSTS": "chat.example.org"})
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DJANGO_SECRET_KEY is not set" in result.stderr
+
+
+def test_missing_secret_key_is_fine_with_debug_on():
+    result = run_python(SETUP, {"DJANGO_DEBUG": "true"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+
+
+def test_empty_allowed_hosts_with_debug_off_fails_clearly():
+    result = run_python(SETUP, {"DJANGO_SECRET_KEY": "k" * 50})
+    assert result.returncode != 0
+    assert "DJANGO_ALLOWED_HOSTS is empty" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DJANGO_DEBUG", "maybe", "DJANGO_DEBUG must be true or false"),
+        ("CHAT_MESSAGE_MAX_LENGTH", "lots", "CHAT_MESSAGE_MAX_LENGTH must be a whole number"),
+        ("CHAT_MESSAGE_MAX_LENGTH", "0", "CHAT_MESSAGE_MAX_LENGTH must be at least 1"),
+        ("CHAT_RATE_PER_SECOND", "-5", "CHAT_RATE_PER_SECOND must be greater than 0"),
+        ("REDIS_URL", "localhost:6379", "REDIS_URL must be redis://"),
+        ("CHAT_CHANNEL_LAYER", "carrier-pigeon", "CHAT_CHANNEL_LAYER must be pubsub or core"),
+        ("DATABASE_URL", "mysql://db/chat", "DATABASE_URL must start with postgresql://"),
+    ],
+)
+def test_bad_values_fail_at_start_naming_the_variable(name, value, message):
+    result = run_python(SETUP, {**PRODUCTION, name: value})
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_without_redis_url_the_in_memory_layer_is_used_and_logged():
+    result = run_python(SETUP + "; print(settings.CHANNEL_LAYERS['default']['BACKEND'])", PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    assert "InMemoryChannelLayer" in result.stdout
+    assert "REDIS_URL is not set: using the in-memory channel layer" in result.stderr
+
+
+def test_channel_layer_from_redis_url():
+    layer = channel_layer_from_env(["redis://:s%40cret@10.0.0.5:6379/2"], "pubsub")
+    assert layer["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert layer["CONFIG"]["hosts"] == [{"address": "redis://:s%40cret@10.0.0.5:6379/2"}]
+
+
+def test_channel_layer_shards_over_several_redis_urls():
+    layer = channel_layer_from_env(["redis://a:6379/0", "redis://b:6379/0"], "core")
+    assert layer["BACKEND"] == "channels_redis.core.RedisChannelLayer"
+    assert [host["address"] for host in layer["CONFIG"]["hosts"]] == ["redis://a:6379/0", "redis://b:6379/0"]
+    # redis-py's default pool of 100 connections would fail handshakes under load.
+    assert all(host["max_connections"] >= 1000 for host in layer["CONFIG"]["hosts"])
+
+
+def test_database_url_for_postgresql():
+    database = database_from_url("postgresql://chat:p%40ss@db.internal:5433/chat")
+    assert database["ENGINE"] == "django.db.backends.postgresql"
+    assert (database["NAME"], database["USER"], database["PASSWORD"]) == ("chat", "chat", "p@ss")
+    assert (database["HOST"], database["PORT"]) == ("db.internal", "5433")
+
+
+def test_database_url_without_a_name_is_refused():
+    with pytest.raises(ImproperlyConfigured, match="names no database"):
+        database_from_url("postgresql://chat@db.internal/")
+
+
+def test_sqlite_path_is_configurable(tmp_path):
+    path = tmp_path / "chat.sqlite3"
+    result = run_python(SETUP + "; print(settings.DATABASES['default']['NAME'])", {**PRODUCTION, "DJANGO_SQLITE_PATH": str(path)})
+    assert result.stdout.splitlines()[-1] == str(path)
+
+
+def test_proxy_settings_are_off_unless_asked_for():
+    code = SETUP + "; print(getattr(settings, 'SECURE_PROXY_SSL_HEADER', None), settings.SESSION_COOKIE_SECURE)"
+    assert run_python(code, PRODUCTION).stdout.splitlines()[-1] == "None False"
+    behind_tls = {**PRODUCTION, "DJANGO_SECURE_PROXY_SSL_HEADER": "true", "DJANGO_HTTPS": "true"}
+    assert run_python(code, behind_tls).stdout.splitlines()[-1] == "('HTTP_X_FORWARDED_PROTO', 'https') True"
+
+
+def test_healthz_is_503_naming_the_database_when_it_cannot_be_opened(tmp_path):
+    code = (
+        "import django; django.setup(); from django.test import Client; "
+        "r = Client().get('/healthz'); print(r.status_code, r.content.decode())"
+    )
+    result = run_python(code, {**PRODUCTION, "DJANGO_ALLOWED_HOSTS": "testserver",
+                               "DJANGO_SQLITE_PATH": str(tmp_path / "missing-dir" / "db.sqlite3")})
+    status, body = result.stdout.strip().split(" ", 1)
+    assert status == "503", result.stderr
+    assert json.loads(body)["failing"] == ["database"]
+
+
+def test_runserver_works_with_nothing_set(tmp_path):
+    """A developer's first run: no Redis, no settings, a fresh database; two clients chat."""
+    import asyncio
+
+    import websockets
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "REDIS_", "CHAT_"))}
+    env["DJANGO_SQLITE_PATH"] = str(tmp_path / "dev.sqlite3")
+    server = subprocess.Popen(
+        [sys.executable, str(APP_DIR / "manage.py"), "runserver", "--noreload", f"127.0.0.1:{port}"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/chat/", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "runserver did not answer within 30 s"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"{base}/static/chat/room.js", timeout=5) as response:
+            assert b"WebSocket" in response.read()
+
+        async def chat():
+            url = f"ws://127.0.0.1:{port}/ws/chat/lobby/"
+            async with websockets.connect(url, origin=base) as ann, websockets.connect(url, origin=base) as bob:
+                await ann.send(json.dumps({"message": "hi from runserver", "user": "ann"}))
+                return [json.loads(await asyncio.wait_for(c.recv(), 5)) for c in (ann, bob)]
+
+        for got in asyncio.run(chat()):
+            assert (got["user"], got["message"]) == ("ann", "hi from runserver")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
