@@ -72,7 +72,10 @@ def channel_layer(request, settings):
     url = None
     if request.param != "memory":
         url = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(url).flushdb()
+        try:
+            redis.Redis.from_url(url).flushdb()
+        except redis.ResponseError:
+            pass  # a deployed Redis refuses FLUSHDB; each test's channels are new anyway
     settings.CHANNEL_LAYERS = {"default": LAYERS[request.param](url)}
     return request.param
 
