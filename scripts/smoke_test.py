@@ -8,7 +8,7 @@ Through the front door (nginx): the room picker and a room page load, their
 script comes from /static/ with caching headers, /healthz says ok, a
 websocket from a foreign origin is refused, and two clients in one room see
 each other's message, while malformed JSON gets an error frame and the
-connection stays open. --wait retries the whole check until it passes or the
+connection stays open; over HTTPS, plain HTTP redirects. --wait retries the whole check until it passes or the
 time is up (after a restart). Exits 0 when everything passed.
 """
 
@@ -66,6 +66,24 @@ class Site:
         )
 
 
+def check_https_redirect(site):
+    plain = "http://" + site.url.split("://", 1)[1]
+    request = urllib.request.Request(plain + "chat/", method="GET")
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        opener.open(request, timeout=TIMEOUT)
+        raise CheckFailed(f"{plain}chat/ answered without redirecting to HTTPS")
+    except urllib.error.HTTPError as redirect:
+        location = redirect.headers.get("Location", "")
+        expect(redirect.code == 301 and location.startswith("https://"), f"{plain}chat/ answered {redirect.code} {location}")
+    return "HTTP redirects to HTTPS"
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
 def check_pages(site, room):
     status, _, page = site.get("chat/")
     expect(status == 200 and 'id="room-name-input"' in page, f"/chat/ answered {status} without the room picker")
@@ -109,6 +127,8 @@ async def check_websockets(site, room):
 
 def check(site, room):
     done = [check_pages(site, room), asyncio.run(check_websockets(site, room))]
+    if site.url.startswith("https://"):
+        done.append(check_https_redirect(site))
     return "; ".join(done)
 
 
