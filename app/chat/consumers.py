@@ -15,18 +15,16 @@ logger = logging.getLogger(__name__)
 def load_backlog(room, since):
     """The messages a joining client gets first, oldest first.
 
-    Without `since`, the room's latest CHAT_HISTORY_LIMIT messages; with it,
-    those after `since` (at most CHAT_RESYNC_LIMIT, the latest ones).
+    Without `since`, the room's latest CHAT_HISTORY_LIMIT messages. With it,
+    the first CHAT_RESYNC_LIMIT messages after `since`: a client that missed
+    more reconnects with the last id it got and receives the next ones.
     """
     messages = Message.objects.filter(room=room)
-    if since is None:
-        limit = settings.CHAT_HISTORY_LIMIT
-    else:
-        messages = messages.filter(id__gt=since)
-        limit = settings.CHAT_RESYNC_LIMIT
-    if limit == 0:
+    if since is not None:
+        return list(messages.filter(id__gt=since).order_by("id")[: settings.CHAT_RESYNC_LIMIT])
+    if settings.CHAT_HISTORY_LIMIT == 0:
         return []
-    return list(reversed(messages.order_by("-id")[:limit]))
+    return list(reversed(messages.order_by("-id")[: settings.CHAT_HISTORY_LIMIT]))
 
 
 @database_sync_to_async

@@ -81,31 +81,52 @@ def database_from_url(url):
     }
 
 
-def channel_layer_from_env(redis_urls, layer):
-    """The channel layer: Redis when REDIS_URL is set, in-memory otherwise.
+def sentinel_host(sentinels, master, password):
+    """A channels-redis host entry that finds the master through Redis Sentinel."""
+    addresses = []
+    for sentinel in sentinels:
+        host, _, port = sentinel.rpartition(":")
+        if not host or not port.isdigit():
+            raise ImproperlyConfigured(f"REDIS_SENTINELS must list host:port entries, not {sentinel!r}.")
+        addresses.append((host, int(port)))
+    if not master:
+        raise ImproperlyConfigured("REDIS_SENTINEL_MASTER must name the master the sentinels watch.")
+    host = {"sentinels": addresses, "master_name": master}
+    if password:
+        host["password"] = password
+    return host
 
-    REDIS_URL may list several servers, comma-separated, to shard the layer.
+
+def channel_layer_from_env(redis_urls, layer, sentinel=None):
+    """The channel layer: Redis when REDIS_URL (or Sentinel) is set, in-memory otherwise.
+
+    REDIS_URL may list several servers, comma-separated, to shard the layer;
+    `sentinel` is a host entry from sentinel_host() instead, for failover.
     """
     if layer not in {"pubsub", "core"}:
         raise ImproperlyConfigured(f"CHAT_CHANNEL_LAYER must be pubsub or core, not {layer!r}.")
-    if not redis_urls:
+    if sentinel:
+        hosts = [sentinel]
+    elif redis_urls:
+        for url in redis_urls:
+            if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+                raise ImproperlyConfigured(f"REDIS_URL must be redis://[:password@]host:port/db, not {url!r}.")
+        hosts = [{"address": url} for url in redis_urls]
+    else:
         # A single process only: fine for runserver and the tests, never for
         # more than one daphne process. ChatConfig.ready() logs it.
         return {"BACKEND": "channels.layers.InMemoryChannelLayer"}
-    for url in redis_urls:
-        if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
-            raise ImproperlyConfigured(f"REDIS_URL must be redis://[:password@]host:port/db, not {url!r}.")
     if layer == "pubsub":
         return {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": url} for url in redis_urls]},
+            "CONFIG": {"hosts": hosts},
         }
     return {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
             # redis-py caps a pool at 100 connections unless told otherwise;
             # more joins in flight than that would fail handshakes.
-            "hosts": [{"address": url, "max_connections": 1000} for url in redis_urls],
+            "hosts": [{**host, "max_connections": 1000} for host in hosts],
             "capacity": env_int("CHAT_CHANNEL_CAPACITY", 1000),
             "expiry": 30,
         },
@@ -200,7 +221,15 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 CHANNEL_LAYERS = {
-    "default": channel_layer_from_env(env_list("REDIS_URL"), os.environ.get("CHAT_CHANNEL_LAYER", "pubsub")),
+    "default": channel_layer_from_env(
+        env_list("REDIS_URL"),
+        os.environ.get("CHAT_CHANNEL_LAYER", "pubsub"),
+        sentinel=sentinel_host(
+            env_list("REDIS_SENTINELS"), os.environ.get("REDIS_SENTINEL_MASTER", ""), os.environ.get("REDIS_PASSWORD", "")
+        )
+        if os.environ.get("REDIS_SENTINELS")
+        else None,
+    ),
 }
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -113,13 +113,15 @@ async def test_reconnecting_with_since_gets_exactly_what_was_missed(channel_laye
         assert await bob.receive_nothing(timeout=0.3)
 
 
-async def test_resync_is_bounded(channel_layer, settings):
+async def test_resync_is_bounded_and_continues_where_it_stopped(channel_layer, settings):
     settings.CHAT_RESYNC_LIMIT = 3
     ids = await store("lobby", *[f"m{n}" for n in range(8)])
     async with joined(f"/ws/chat/lobby/?since={ids[0]}") as ann:
         got = [await receive(ann) for _ in range(3)]
-        assert [m["id"] for m in got] == ids[-3:]
+        assert [m["id"] for m in got] == ids[1:4]
         assert await ann.receive_nothing(timeout=0.3)
+    async with joined(f"/ws/chat/lobby/?since={got[-1]['id']}") as ann:
+        assert [(await receive(ann))["id"] for _ in range(3)] == ids[4:7]
 
 
 async def test_invalid_since_gets_an_error_and_the_default_history(channel_layer):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsite.settings import channel_layer_from_env, database_from_url
+from chatsite.settings import channel_layer_from_env, database_from_url, sentinel_host
 from django.core.exceptions import ImproperlyConfigured
 
 from .conftest import free_port
@@ -95,6 +95,20 @@ def test_channel_layer_shards_over_several_redis_urls():
     assert [host["address"] for host in layer["CONFIG"]["hosts"]] == ["redis://a:6379/0", "redis://b:6379/0"]
     # redis-py's default pool of 100 connections would fail handshakes under load.
     assert all(host["max_connections"] >= 1000 for host in layer["CONFIG"]["hosts"])
+
+
+def test_channel_layer_through_redis_sentinel():
+    sentinel = sentinel_host(["10.0.0.5:26379", "10.0.0.6:26379"], "chat", "s3cret")
+    layer = channel_layer_from_env([], "pubsub", sentinel=sentinel)
+    assert layer["CONFIG"]["hosts"] == [
+        {"sentinels": [("10.0.0.5", 26379), ("10.0.0.6", 26379)], "master_name": "chat", "password": "s3cret"}
+    ]
+
+
+@pytest.mark.parametrize(("sentinels", "master", "message"), [(["10.0.0.5"], "chat", "host:port"), (["a:1"], "", "MASTER")])
+def test_bad_sentinel_settings_are_refused(sentinels, master, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+        sentinel_host(sentinels, master, "")
 
 
 def test_database_url_for_postgresql():

@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Chats through the load balancer while a deploy runs, then checks nothing was lost.
+
+    rolling_deploy_check.py --lb http://10.89.20.10/ -- ansible-playbook ... --tags deploy
+
+Websocket clients chat in one room through the load balancer, each sending
+a message a second, and behave like the room page: when their connection
+drops they reconnect with ?since=<last id>, and resend what was not echoed
+back. An HTTP poller fetches pages through the load balancer meanwhile. The
+command after -- (the deploy) runs in the middle. Afterwards every client
+must have every stored message of the room exactly once, no sent message may
+be missing, and no HTTP request may have failed. Bounded: the run stops
+after --max-seconds whatever happens.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from urllib.parse import urlsplit
+
+import websockets
+
+TIMEOUT = 10
+
+
+class Client:
+    """One person in the room, with the room page's reconnect and resync."""
+
+    def __init__(self, name, url, origin):
+        self.name, self.url, self.origin = name, url, origin
+        self.seen = {}  # id -> text
+        self.duplicates = 0
+        self.connections = 0
+        self.pending = {}  # text not yet echoed -> None
+        self.sequence = 0
+        self.last_id = 0
+
+    def receive(self, frame):
+        data = json.loads(frame)
+        if "id" not in data:
+            return
+        if data["id"] in self.seen:
+            self.duplicates += 1
+            return
+        self.seen[data["id"]] = data["message"]
+        self.last_id = max(self.last_id, data["id"])
+        self.pending.pop(data["message"], None)
+
+    async def run(self, sending, finished):
+        while not (finished.is_set() and not self.pending):
+            url = self.url + (f"?since={self.last_id}" if self.last_id else "")
+            try:
+                async with websockets.connect(url, origin=self.origin, open_timeout=TIMEOUT) as socket:
+                    self.connections += 1
+                    reader = asyncio.create_task(self.read(socket))
+                    for text in list(self.pending):
+                        await socket.send(json.dumps({"message": text, "user": self.name}))
+                    while not reader.done() and not (finished.is_set() and not self.pending):
+                        if sending.is_set():
+                            self.sequence += 1
+                            text = f"{self.name}-{self.sequence}"
+                            self.pending[text] = None
+                            await socket.send(json.dumps({"message": text, "user": self.name}))
+                        await asyncio.sleep(1)
+                    reader.cancel()
+            except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
+                pass
+            if not (finished.is_set() and not self.pending):
+                await asyncio.sleep(0.5)
+
+    async def read(self, socket):
+        try:
+            async for frame in socket:
+                self.receive(frame)
+        except websockets.ConnectionClosed:
+            pass
+
+
+async def poll_http(base, stop, failures, requests):
+    loop = asyncio.get_running_loop()
+
+    def fetch(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=TIMEOUT) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError as error:
+            return repr(error)
+
+    while not stop.is_set():
+        for path in ("chat/", "healthz"):
+            status = await loop.run_in_executor(None, fetch, path)
+            requests.append(path)
+            if status != 200:
+                failures.append(f"{path}: {status}")
+        await asyncio.sleep(0.2)
+
+
+async def room_contents(url, origin):
+    """Everything stored in the room: a fresh client resyncs from 0, page by page."""
+    contents = {}
+    while True:
+        since = max(contents, default=0)
+        async with websockets.connect(f"{url}?since={since}", origin=origin, open_timeout=TIMEOUT) as socket:
+            try:
+                while True:
+                    data = json.loads(await asyncio.wait_for(socket.recv(), 2))
+                    contents[data["id"]] = data["message"]
+            except asyncio.TimeoutError:
+                pass
+        if max(contents, default=0) == since:
+            return contents
+
+
+async def main_async(args):
+    parts = urlsplit(args.lb)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    room = f"rolling-{uuid.uuid4().hex[:8]}"
+    url = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}/ws/chat/{room}/"
+    clients = [Client(f"c{n}", url, origin) for n in range(args.clients)]
+    sending, finished, stop_polling = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    failures, requests = [], []
+    sending.set()
+    tasks = [asyncio.create_task(client.run(sending, finished)) for client in clients]
+    poller = asyncio.create_task(poll_http(args.lb, stop_polling, failures, requests))
+    started = time.monotonic()
+    await asyncio.sleep(args.settle)
+
+    print(f"deploying: {' '.join(args.deploy[:2])} ...", flush=True)
+    deploy = await asyncio.create_subprocess_exec(*args.deploy, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(deploy.communicate(), args.max_seconds)
+    if deploy.returncode != 0:
+        print(output.decode()[-4000:])
+        raise SystemExit(f"FAILED: the deploy exited with {deploy.returncode}")
+
+    await asyncio.sleep(args.settle)
+    sending.clear()
+    finished.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), max(5, args.max_seconds - (time.monotonic() - started)))
+    stop_polling.set()
+    await poller
+
+    stored = await room_contents(url, origin)
+    problems = []
+    sent = {f"{client.name}-{n}" for client in clients for n in range(1, client.sequence + 1)}
+    missing_sent = sent - set(stored.values())
+    if missing_sent:
+        problems.append(f"{len(missing_sent)} sent messages were never stored, e.g. {sorted(missing_sent)[:3]}")
+    for client in clients:
+        if client.duplicates:
+            problems.append(f"{client.name} received {client.duplicates} messages twice")
+        if client.seen.keys() != stored.keys():
+            lost = stored.keys() - client.seen.keys()
+            problems.append(f"{client.name} is missing {len(lost)} of {len(stored)} messages")
+    if failures:
+        problems.append(f"{len(failures)} of {len(requests)} HTTP requests failed: {failures[:5]}")
+    reconnects = sum(client.connections - 1 for client in clients)
+    if reconnects == 0:
+        problems.append("no client was ever disconnected: the deploy restarted nothing under them")
+    print(
+        f"{len(clients)} clients, {len(stored)} messages stored, {len(sent)} sent, "
+        f"{reconnects} reconnections during the deploy, {len(requests)} HTTP requests, {len(failures)} failed"
+    )
+    if problems:
+        raise SystemExit("FAILED: " + "; ".join(problems))
+    print("ok: every client has every message exactly once, and no HTTP request failed")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lb", required=True, help="the load balancer's URL")
+    parser.add_argument("--clients", type=int, default=6)
+    parser.add_argument("--settle", type=float, default=5, help="seconds of chat before and after the deploy")
+    parser.add_argument("--max-seconds", type=float, default=600, help="the whole run's limit")
+    parser.add_argument("deploy", nargs="+", help="the deploy command, after --")
+    args = parser.parse_args()
+    args.lb = args.lb.rstrip("/") + "/"
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
