@@ -256,6 +256,9 @@ class _Worker:
         return command
 
     def _report(self, *message):
+        # The event loop made the pipe non-blocking when it started watching
+        # it; a large report (every latency sample) must not fail with EAGAIN.
+        os.set_blocking(self.pipe.fileno(), True)
         self.pipe.send(message)
 
     # -- phases

@@ -1,5 +1,6 @@
 """The ASGI application that daphne serves: HTTP through Django, websockets through Channels."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -21,3 +22,9 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Everything loaded so far (Django, Channels, the server) lives as long as the
+# process. Moving it out of the collector's reach keeps its full collections
+# short: under a broadcast load they were the latency spikes (max 400+ ms
+# before, about 130 ms after, in the benchmark).
+gc.freeze()
