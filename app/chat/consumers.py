@@ -5,6 +5,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import protocol
+from .dispatch import QueueDispatchMixin
 from .models import Message
 from .ratelimit import TokenBucket
 
@@ -32,7 +33,7 @@ def store(room, incoming):
     return Message.objects.create(room=room, user=incoming.user, text=incoming.text)
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(QueueDispatchMixin, AsyncWebsocketConsumer):
     """One websocket in one room: replays the backlog, then relays the room's messages."""
 
     async def connect(self):
