@@ -5,7 +5,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import protocol
-from .dispatch import QueueDispatchMixin
+from .dispatch import RelayDispatchMixin
 from .models import Message
 from .ratelimit import TokenBucket
 
@@ -33,7 +33,7 @@ def store(room, incoming):
     return Message.objects.create(room=room, user=incoming.user, text=incoming.text)
 
 
-class ChatConsumer(QueueDispatchMixin, AsyncWebsocketConsumer):
+class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     """One websocket in one room: replays the backlog, then relays the room's messages."""
 
     async def connect(self):
@@ -62,7 +62,8 @@ class ChatConsumer(QueueDispatchMixin, AsyncWebsocketConsumer):
             await self.send(text_data=protocol.outgoing(message, history=True))
         # Messages stored while the backlog was read may also be on their way
         # through the group; these ids let chat_message skip them once.
-        self.replayed = frozenset(message.id for message in backlog)
+        # (None when there is nothing to skip: an idle connection stays small.)
+        self.replayed = frozenset(message.id for message in backlog) or None
         self.replayed_until = backlog[-1].id if backlog else 0
 
     async def disconnect(self, code):
@@ -116,7 +117,7 @@ class ChatConsumer(QueueDispatchMixin, AsyncWebsocketConsumer):
             if event["id"] in self.replayed:
                 return
             if event["id"] > self.replayed_until:
-                self.replayed = frozenset()
+                self.replayed = None
         await self.send(text_data=event["text"])
 
 

@@ -118,7 +118,7 @@ def channel_layer_from_env(redis_urls, layer, sentinel=None):
         return {"BACKEND": "channels.layers.InMemoryChannelLayer"}
     if layer == "pubsub":
         return {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "chat.layers.LeanRedisPubSubChannelLayer",
             "CONFIG": {"hosts": hosts},
         }
     return {

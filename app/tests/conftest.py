@@ -56,7 +56,7 @@ def redis_url():
 LAYERS = {
     "memory": lambda url: {"BACKEND": "channels.layers.InMemoryChannelLayer"},
     "redis-pubsub": lambda url: {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "BACKEND": "chat.layers.LeanRedisPubSubChannelLayer",
         "CONFIG": {"hosts": [{"address": url}]},
     },
     "redis-core": lambda url: {

@@ -51,7 +51,35 @@ async def test_a_failing_source_raises_in_the_loop_after_its_earlier_messages():
     assert got == ["x"]
 
 
-async def test_the_feeding_tasks_end_with_the_loop():
+async def test_a_failing_helper_source_raises_in_the_calling_task():
+    got = []
+
+    async def dispatch(message):
+        got.append(message)
+
+    with pytest.raises(ConnectionError):
+        await dispatch_from([source_of([]), source_of(["y"], then=ConnectionError("layer gone"))], dispatch)
+    assert got == ["y"]
+
+
+async def test_handlers_never_run_at_the_same_time():
+    running = []
+    overlaps = []
+
+    async def dispatch(message):
+        overlaps.append(len(running))
+        running.append(message)
+        await asyncio.sleep(0.01)
+        running.remove(message)
+        if len(overlaps) == 6:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await dispatch_from([source_of(["a1", "a2", "a3"]), source_of(["b1", "b2", "b3"])], dispatch)
+    assert overlaps == [0] * 6
+
+
+async def test_the_helper_tasks_end_with_the_loop():
     before = len(asyncio.all_tasks())
 
     async def dispatch(message):

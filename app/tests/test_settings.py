@@ -85,7 +85,7 @@ def test_without_redis_url_the_in_memory_layer_is_used_and_logged():
 
 def test_channel_layer_from_redis_url():
     layer = channel_layer_from_env(["redis://:s%40cret@10.0.0.5:6379/2"], "pubsub")
-    assert layer["BACKEND"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+    assert layer["BACKEND"] == "chat.layers.LeanRedisPubSubChannelLayer"
     assert layer["CONFIG"]["hosts"] == [{"address": "redis://:s%40cret@10.0.0.5:6379/2"}]
 
 
