@@ -94,7 +94,7 @@ def _target_options():
     group.add_argument("--container", help="a podman container whose processes to read (e.g. chat-demo)")
     group.add_argument(
         "--container-process",
-        default="bin/daphne",
+        default="bin/chat-daphne",
         help="command-line pattern of the server processes in --container (default %(default)s)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file as JSON")

@@ -3,7 +3,7 @@
 RSS is what a connection costs the server in RAM, which is the figure the idle
 mode exists for. Two sources: processes on this machine, by pid (read from
 /proc/PID/status), and processes inside a podman container, found by a
-pattern in their command line ("bin/daphne" for the deployed demo's daphne
+pattern in their command line ("bin/chat-daphne" for the deployed demo's daphne
 processes; supervisorctl's "restart daphne:..." does not match it). A reading
 is the sum over all matched processes, in KiB, or None when it cannot be read:
 memory is reported when it can be, and never makes a run fail.
@@ -58,7 +58,7 @@ class LocalProcesses:
 class ContainerProcesses:
     """Processes inside a podman container whose command line contains a pattern."""
 
-    def __init__(self, container, pattern="bin/daphne"):
+    def __init__(self, container, pattern="bin/chat-daphne"):
         self.container = container
         self.pattern = pattern
 

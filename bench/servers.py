@@ -195,8 +195,9 @@ def chat_server(asgi, layer, redis_url, workdir):
         raise ServerFailed(f"migrate for {name} failed:\n{migrate.stderr[-2000:]}")
     port = free_port()
     if asgi == "daphne":
-        # As deployed (supervisord's command), less the inherited socket.
-        argv = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "--ping-interval", "20"]
+        # As deployed (supervisord's chat-daphne, daphne with a lighter
+        # per-connection queue), less the inherited socket.
+        argv = [sys.executable, "-m", "chat.server", "-b", "127.0.0.1", "-p", str(port), "--ping-interval", "20"]
     elif asgi == "uvicorn":
         # Its defaults (uvloop, httptools, the websockets implementation), minus
         # the access log and the lifespan protocol Django does not speak.

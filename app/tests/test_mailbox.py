@@ -1,9 +1,9 @@
-"""The pub/sub layer's lighter mailbox, on its own (the consumer tests use the layer against Redis)."""
+"""The lighter mailbox that daphne (chat.server) and the pub/sub layer use, on its own."""
 
 import asyncio
 import sys
 
-from chat.layers import Mailbox
+from chat.mailbox import Mailbox
 
 
 async def test_items_come_out_in_order():
@@ -35,3 +35,12 @@ async def test_a_cancelled_reader_leaves_the_next_item_for_the_next_reader():
 def test_an_empty_mailbox_is_small():
     # asyncio.Queue allocates four deques (about 2.9 KB) before its first item.
     assert sys.getsizeof(Mailbox()) < 100
+
+
+async def test_a_drained_mailbox_lets_go_of_its_deque():
+    box = Mailbox()
+    box.put_nowait("a")
+    box.put_nowait("b")
+    assert box.qsize() == 2
+    assert [await box.get(), await box.get()] == ["a", "b"]
+    assert box._items is None  # an idle connection keeps no deque (760 bytes each)

@@ -1,0 +1,103 @@
+"""chat-daphne (chat.server): daphne's server with a Mailbox as each connection's input queue."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import websockets
+
+from chat.mailbox import Mailbox
+from chat.server import ChatServer
+
+from .conftest import free_port
+
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+async def test_the_application_reads_its_events_from_a_mailbox():
+    events = []
+
+    async def application(scope, receive, send):
+        events.append(scope["type"])
+        events.append(await receive())
+        events.append(await receive())
+
+    server = ChatServer(application=application, endpoints=["tcp:port=0"])
+    server.connections = {}  # as Server.run() sets it up
+    connection = object()  # stands for daphne's protocol instance
+    server.connections[connection] = {}
+    inbox = server.create_application(connection, {"type": "websocket"})
+    assert isinstance(inbox, Mailbox)
+    inbox.put_nowait({"type": "websocket.connect"})
+    inbox.put_nowait({"type": "websocket.receive", "text": "hi"})
+    await asyncio.wait_for(server.connections[connection]["application_instance"], 5)
+    assert events == ["websocket", {"type": "websocket.connect"}, {"type": "websocket.receive", "text": "hi"}]
+
+
+def start_server(port, env):
+    """python -m chat.server as supervisord runs chat-daphne, on a TCP port; waits until it answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chat.server", "-b", "127.0.0.1", "-p", str(port), "--proxy-headers",
+         "chatsite.asgi:application"],
+        env=env, cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                assert json.loads(response.read())["status"] == "ok"
+                return process
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(process.stdout.read()) from None
+            assert time.monotonic() < deadline, "chat-daphne did not answer within 30 s"
+            time.sleep(0.2)
+
+
+def test_two_servers_chat_through_redis(tmp_path, redis_url):
+    """Two chat-daphne processes on one Redis: a client of each, one room, every message at both."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "REDIS_", "CHAT_"))}
+    env.update(
+        DJANGO_SECRET_KEY="s" * 50,
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        DJANGO_SQLITE_PATH=str(tmp_path / "db.sqlite3"),
+        REDIS_URL=redis_url,
+        PYTHONPATH=str(APP_DIR),
+    )
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], env=env, cwd=APP_DIR, check=True,
+                   capture_output=True, timeout=60)
+    ports = [free_port(), free_port()]
+    servers = []
+    try:
+        servers = [start_server(port, env) for port in ports]
+
+        async def chat():
+            origin = "http://127.0.0.1"
+            headers = {"X-Forwarded-For": "203.0.113.7"}
+            ann_url, bob_url = (f"ws://127.0.0.1:{port}/ws/chat/lobby/" for port in ports)
+            async with websockets.connect(ann_url, origin=origin, additional_headers=headers) as ann, \
+                    websockets.connect(bob_url, origin=origin, additional_headers=headers) as bob:
+                await ann.send(json.dumps({"message": "from the first server", "user": "ann"}))
+                got = [json.loads(await asyncio.wait_for(client.recv(), 5)) for client in (ann, bob)]
+                await bob.send("not json")
+                error = json.loads(await asyncio.wait_for(bob.recv(), 5))
+                await bob.send(json.dumps({"message": "and back", "user": "bob"}))
+                got += [json.loads(await asyncio.wait_for(client.recv(), 5)) for client in (ann, bob)]
+                return got, error
+
+        got, error = asyncio.run(chat())
+        assert [(m["user"], m["message"]) for m in got] == [
+            ("ann", "from the first server"), ("ann", "from the first server"), ("bob", "and back"), ("bob", "and back"),
+        ]
+        assert got[0]["id"] < got[2]["id"]
+        assert "error" in error
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=15)
