@@ -29,11 +29,13 @@ from . import loadgen, report, servers
 from .memory import ContainerProcesses, LocalProcesses
 
 CONFIGS = {
-    "deployed": "the deployed demo: nginx -> 2 daphne processes -> Redis pubsub layer, rate limit 5/s (RSS: both)",
+    "deployed": "the deployed demo: nginx -> 2 chat-daphne processes -> Redis, the chat's pub/sub layer, "
+    "rate limit 5/s (RSS: both)",
     "bare": "bench.bare_server: a bare websockets broadcast server, one process, no framework, no database",
-    "daphne-pubsub": "the chat in 1 daphne process, RedisPubSubChannelLayer, SQLite",
-    "daphne-core": "the chat in 1 daphne process, RedisChannelLayer (core), SQLite",
-    "uvicorn-pubsub": "the chat in 1 uvicorn process (uvloop, httptools), RedisPubSubChannelLayer, SQLite",
+    "daphne-pubsub": "the chat in 1 daphne process (chat-daphne), the chat's pub/sub layer "
+    "(channels-redis RedisPubSubChannelLayer with lighter queues), SQLite",
+    "daphne-core": "the chat in 1 daphne process (chat-daphne), RedisChannelLayer (core), SQLite",
+    "uvicorn-pubsub": "the chat in 1 uvicorn process (uvloop, httptools), the chat's pub/sub layer, SQLite",
     "uvicorn-core": "the chat in 1 uvicorn process (uvloop, httptools), RedisChannelLayer (core), SQLite",
 }
 
