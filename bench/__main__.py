@@ -162,7 +162,7 @@ def build_parser():
     compare.add_argument(
         "--quick",
         action="store_true",
-        help="a much smaller run (100 clients for 5 s; a 2-point sweep of 3 s) to check the setup",
+        help="a much smaller run (100 clients for 5 s; a 2-point sweep of 3 s; 100 connecting, 200 idle) to check the setup",
     )
     group = compare.add_argument_group(
         "scenario (a): one room, steady load (defaults: 500 clients, 10 senders, 20 msg/s, 20 s)"
@@ -177,6 +177,12 @@ def build_parser():
     group.add_argument("--sweep-clients", type=_positive_int)
     group.add_argument("--sweep", type=_rates, help="offered deliveries/s, comma-separated (rate = this / clients)")
     group.add_argument("--sweep-duration", type=_positive_float)
+    group = compare.add_argument_group(
+        "scenarios (c) and (d): connections (defaults: 1000 clients connecting at once; 10000 idle, held 10 s)"
+    )
+    group.add_argument("--connect-clients", type=_positive_int)
+    group.add_argument("--idle-clients", type=_positive_int)
+    group.add_argument("--idle-duration", type=_positive_float)
 
     search = modes.add_parser(
         "search",
@@ -205,6 +211,9 @@ FULL = {
     "sweep_clients": 100,
     "sweep": [2000, 5000, 10000, 20000],
     "sweep_duration": 10.0,
+    "connect_clients": 1000,
+    "idle_clients": 10000,
+    "idle_duration": 10.0,
 }
 QUICK = {
     "clients": 100,
@@ -214,6 +223,9 @@ QUICK = {
     "sweep_clients": 50,
     "sweep": [1000, 4000],
     "sweep_duration": 3.0,
+    "connect_clients": 100,
+    "idle_clients": 200,
+    "idle_duration": 3.0,
 }
 
 

@@ -139,6 +139,52 @@ COMPARE_COLUMNS = (
 )
 
 
+CONNECTION_COLUMNS = (
+    "config",
+    "connecting at once",
+    "accepted",
+    "refused",
+    "all connected in s",
+    "idle held",
+    "closed early",
+    "KiB per idle connection",
+    "x bare",
+)
+
+
+def _idle_kib(config):
+    for run in config.get("runs", []):
+        if run["mode"] == "idle":
+            return (run.get("memory") or {}).get("per_connection_kib")
+    return None
+
+
+def connections_rows(results):
+    """One row per configuration: its connect run and its idle run, memory against the bare server's."""
+    bare_kib = _idle_kib(results["configs"].get("bare", {}))
+    rows = []
+    for name, config in results["configs"].items():
+        runs = {run["mode"]: run for run in config.get("runs", [])}
+        connect, idle = runs.get("connect"), runs.get("idle")
+        if connect is None and idle is None:
+            continue
+        kib = _idle_kib(config)
+        row = [name]
+        if connect:
+            figures = connect["connect"]
+            row += [figures["attempted"], figures["accepted"], figures["refused"] + figures["failed"],
+                    f"{figures['time_s']:.2f}"]
+        else:
+            row += ["-"] * 4
+        if idle:
+            row += [idle["connect"]["accepted"] - idle["closed_early"], idle["closed_early"]]
+        else:
+            row += ["-"] * 2
+        row += ["-" if kib is None else f"{kib:.1f}", "-" if kib is None or not bare_kib else f"{kib / bare_kib:.2f}"]
+        rows.append(row)
+    return rows
+
+
 def _row(cells):
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
 
@@ -156,6 +202,8 @@ def compare_markdown(results):
     rows = []
     for name, config in results["configs"].items():
         for run in config.get("runs", []):
+            if run["mode"] != "run":
+                continue
             latency = run["latency_ms"] or {}
             rows.append(
                 [
@@ -177,6 +225,10 @@ def compare_markdown(results):
                 ]
             )
     lines += _table(COMPARE_COLUMNS, rows)
+    connection_rows = connections_rows(results)
+    if connection_rows:
+        lines += ["", "Connections: clients connecting at once, and idle connections held (memory per connection):", ""]
+        lines += _table(CONNECTION_COLUMNS, connection_rows)
     lines += [""] + [f"- {name}: {config['description']}" for name, config in results["configs"].items()]
     notes = [(name, config["note"]) for name, config in results["configs"].items() if config.get("note")]
     if notes:

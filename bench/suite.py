@@ -51,23 +51,28 @@ class Scenario:
     rate: float
     duration: float
     senders: int = 0  # 0: loadgen.default_senders
+    mode: str = "run"  # or "connect", "idle" (see loadgen.Plan)
 
     def plan(self, url, options):
+        loaded = self.mode == "run"
         return loadgen.Plan(
             url=url,
-            mode="run",
+            mode=self.mode,
             clients=self.clients,
-            senders=self.senders or loadgen.default_senders(self.rate, self.clients),
-            rate=self.rate,
+            senders=(self.senders or loadgen.default_senders(self.rate, self.clients)) if loaded else 0,
+            rate=self.rate if loaded else 0.0,
             duration=self.duration,
             drain=options.drain,
             workers=min(options.workers, self.clients),
+            connect_concurrency=options.connect_concurrency,
+            open_timeout=options.open_timeout,
             origin=loadgen.default_origin(url),
         )
 
 
 def compare_scenarios(options):
-    """(a) many clients in one room at a steady rate; (b) a sweep of offered load."""
+    """(a) many clients in one room at a steady rate; (b) a sweep of offered load;
+    (c) clients connecting at once; (d) idle connections held, for memory per connection."""
     one_room = Scenario(
         f"one room, {options.clients} clients", options.clients, options.rate, options.duration, options.senders
     )
@@ -77,7 +82,9 @@ def compare_scenarios(options):
         )
         for deliveries in options.sweep
     ]
-    return [one_room, *sweep]
+    connect = Scenario(f"{options.connect_clients} connecting at once", options.connect_clients, 0, 0, mode="connect")
+    idle = Scenario(f"{options.idle_clients} idle", options.idle_clients, 0, options.idle_duration, mode="idle")
+    return [one_room, *sweep, connect, idle]
 
 
 class Targets:
@@ -117,6 +124,17 @@ class Targets:
 
 
 def _progress(name, label, result):
+    if result["mode"] != "run":
+        connect = result["connect"]
+        kib = (result.get("memory") or {}).get("per_connection_kib")
+        print(
+            f"  {name:<15} {label:<26} accepted {connect['accepted']:>6}/{connect['attempted']:<6} "
+            f"in {connect['time_s']:.2f} s"
+            + (f", {result['closed_early']} closed early" if result["mode"] == "idle" else "")
+            + (f", {kib:.1f} KiB per connection" if kib is not None else ""),
+            flush=True,
+        )
+        return
     latency = result["latency_ms"] or {}
     print(
         f"  {name:<15} {label:<26} sent {result['sent']:>6}  received {result['received']:>8}/{result['expected']:<8} "
@@ -144,7 +162,8 @@ def compare(options):
         options,
         f"Scenarios: {', '.join(s.name for s in scenarios)}; one room each; each sender at most "
         f"{loadgen.SENDER_RATE:g} msg/s unless --senders; latencies are receive time minus send time; "
-        "RSS is the server process(es) at the end of the load, growth since before connecting.",
+        "RSS is the server process(es) at the end of the load, growth since before connecting; memory per idle "
+        "connection is the RSS growth from before connecting to the end of the hold, divided by the connections.",
     )
     results["scenarios"] = [asdict(scenario) for scenario in scenarios]
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir, ExitStack() as stack:

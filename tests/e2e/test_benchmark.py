@@ -72,3 +72,28 @@ def bare_server():
 
 def test_load_generator_against_the_bare_reference_server(bare_server, tmp_path):
     assert_every_message_accounted_for(bench_run(bare_server, tmp_path / "bare.json"))
+
+
+def test_the_comparison_measures_the_deployed_stack_against_the_bare_server(chat_url, tmp_path):
+    """`bench compare --quick` for the deployed demo and the bare server: both tables and the plot come out."""
+    out = tmp_path / "compare"
+    subprocess.run(
+        [sys.executable, "-m", "bench", "compare", "--quick", "--configs", "deployed,bare",
+         "--deployed-url", chat_url + "/", "--out", str(out)],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+    )
+    results = json.loads((out / "results.json").read_text())
+    for name in ("deployed", "bare"):
+        config = results["configs"][name]
+        assert "note" not in config or "memory not read" in config["note"], config.get("note")
+        modes = [run["mode"] for run in config["runs"]]
+        assert modes.count("run") == 3 and "connect" in modes and "idle" in modes, modes
+        for run in config["runs"]:
+            assert run["connect"]["accepted"] == run["connect"]["attempted"], (name, run["scenario"])
+            assert run["lost"] == 0 and run["duplicated"] == 0, (name, run["scenario"])
+    markdown = (out / "results.md").read_text()
+    assert "| deployed | one room, 100 clients |" in markdown
+    assert "KiB per idle connection" in markdown
+    assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
