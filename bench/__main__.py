@@ -118,6 +118,12 @@ def _suite_options():
         default="chat-demo",
         help="podman container of the deployed stack, for its daphne memory (default %(default)s)",
     )
+    parser.add_argument(
+        "--container-program",
+        default="daphne",
+        help="the supervisord program compare restarts in --container before the connection scenarios "
+        "(default %(default)s)",
+    )
     return parser
 
 

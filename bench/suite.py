@@ -18,6 +18,7 @@ done (or the benchmark is interrupted): see bench.servers.
 
 import json
 import shutil
+import subprocess
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
@@ -95,9 +96,16 @@ class Targets:
         self.redis = None
 
     @contextmanager
-    def up(self, name):
-        """Yields (URL, memory source or None, note) for a configuration; raises Skipped."""
+    def up(self, name, restart=False):
+        """Yields (URL, memory source or None, note) for a configuration; raises Skipped.
+
+        A local server is started afresh on every call. The deployed stack's
+        server processes are restarted when restart is true (and --container
+        names its container), the way an operator restarts them.
+        """
         if name == "deployed":
+            if restart:
+                self._restart_deployed()
             yield self._deployed()
             return
         if name == "bare":
@@ -109,6 +117,23 @@ class Targets:
             self.redis = self.stack.enter_context(servers.redis_server(self.workdir))
         with servers.chat_server(asgi, layer, self.redis.url, self.workdir) as server:
             yield server.url, LocalProcesses([server.pid]), ""
+
+    def _restart_deployed(self):
+        container = self.options.container
+        if not container or shutil.which("podman") is None:
+            return
+        subprocess.run(
+            ["podman", "exec", container, "supervisorctl", "restart", f"{self.options.container_program}:*"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        healthz = self.options.deployed_url.rstrip("/") + "/healthz"
+        deadline = time.monotonic() + 60
+        while servers.http_status(healthz, timeout=5) != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{healthz} did not answer 200 within 60 s of restarting the server")
+            time.sleep(0.5)
 
     def _deployed(self):
         url = self.options.deployed_url
@@ -163,23 +188,32 @@ def compare(options):
         f"Scenarios: {', '.join(s.name for s in scenarios)}; one room each; each sender at most "
         f"{loadgen.SENDER_RATE:g} msg/s unless --senders; latencies are receive time minus send time; "
         "RSS is the server process(es) at the end of the load, growth since before connecting; memory per idle "
-        "connection is the RSS growth from before connecting to the end of the hold, divided by the connections.",
+        "connection is the RSS growth from before connecting to the end of the hold, divided by the connections. "
+        "The connection scenarios run on a freshly started server (the deployed one restarted with supervisorctl): "
+        "the first of them is a restart followed by clients connecting at once.",
     )
     results["scenarios"] = [asdict(scenario) for scenario in scenarios]
+    load_scenarios = [scenario for scenario in scenarios if scenario.mode == "run"]
+    connection_scenarios = [scenario for scenario in scenarios if scenario.mode != "run"]
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir, ExitStack() as stack:
         targets = Targets(stack, Path(workdir), options)
         for name in options.configs:
             config = results["configs"][name] = {"description": CONFIGS[name], "runs": []}
             print(f"{name}: {CONFIGS[name]}", flush=True)
             try:
-                with targets.up(name) as (url, memory, note):
-                    config["url"] = url
-                    if note:
-                        config["note"] = note
-                    for scenario in scenarios:
-                        result = loadgen.run(scenario.plan(url, options), memory)
-                        config["runs"].append({"scenario": scenario.name, **result})
-                        _progress(name, scenario.name, result)
+                # The load first; then the connections on a freshly started
+                # server (the deployed one restarted), so that neither a backlog
+                # left by an overloaded step nor a heap grown by the load skews
+                # connecting or memory per idle connection.
+                for restart, phase in ((False, load_scenarios), (True, connection_scenarios)):
+                    with targets.up(name, restart=restart) as (url, memory, note):
+                        config["url"] = url
+                        if note:
+                            config["note"] = note
+                        for scenario in phase:
+                            result = loadgen.run(scenario.plan(url, options), memory)
+                            config["runs"].append({"scenario": scenario.name, **result})
+                            _progress(name, scenario.name, result)
             except Skipped as why:
                 config["note"] = f"skipped: {why}"
                 print(f"  skipped: {why}", flush=True)
