@@ -168,6 +168,19 @@ def _progress(name, label, result):
     )
 
 
+@contextmanager
+def _noted(config):
+    """Measures one configuration: a skip or a failure becomes its note, and the run goes on to the next."""
+    try:
+        yield
+    except Skipped as why:
+        config["note"] = f"skipped: {why}"
+        print(f"  skipped: {why}", flush=True)
+    except (servers.ServerFailed, RuntimeError, TimeoutError, OSError) as error:
+        config["note"] = f"failed: {str(error).splitlines()[0]}"
+        print(f"  failed: {error}", flush=True)
+
+
 def _configure_run(options, about):
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +213,7 @@ def compare(options):
         for name in options.configs:
             config = results["configs"][name] = {"description": CONFIGS[name], "runs": []}
             print(f"{name}: {CONFIGS[name]}", flush=True)
-            try:
+            with _noted(config):
                 # The load first; then the connections on a freshly started
                 # server (the deployed one restarted), so that neither a backlog
                 # left by an overloaded step nor a heap grown by the load skews
@@ -214,12 +227,6 @@ def compare(options):
                             result = loadgen.run(scenario.plan(url, options), memory)
                             config["runs"].append({"scenario": scenario.name, **result})
                             _progress(name, scenario.name, result)
-            except Skipped as why:
-                config["note"] = f"skipped: {why}"
-                print(f"  skipped: {why}", flush=True)
-            except (servers.ServerFailed, RuntimeError, TimeoutError, OSError) as error:
-                config["note"] = f"failed: {str(error).splitlines()[0]}"
-                print(f"  failed: {error}", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = report.compare_markdown(results)
     (out / "results.md").write_text(markdown)
@@ -269,18 +276,11 @@ def search(options):
         for name in options.configs:
             config = results["configs"][name] = {"description": CONFIGS[name], "steps": [], "best": None}
             print(f"{name}: {CONFIGS[name]}", flush=True)
-            try:
-                with targets.up(name) as (url, memory, note):
-                    config["url"] = url
-                    if note:
-                        config["note"] = note
-                    _search_one(name, url, memory, config, options)
-            except Skipped as why:
-                config["note"] = f"skipped: {why}"
-                print(f"  skipped: {why}", flush=True)
-            except (servers.ServerFailed, RuntimeError, TimeoutError, OSError) as error:
-                config["note"] = f"failed: {str(error).splitlines()[0]}"
-                print(f"  failed: {error}", flush=True)
+            with _noted(config), targets.up(name) as (url, memory, note):
+                config["url"] = url
+                if note:
+                    config["note"] = note
+                _search_one(name, url, memory, config, options)
     (out / "search.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = report.search_markdown(results)
     (out / "search.md").write_text(markdown)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import websockets
@@ -48,8 +49,6 @@ def start_server(port, env):
     deadline = time.monotonic() + 30
     while True:
         try:
-            import urllib.request
-
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
                 assert json.loads(response.read())["status"] == "ok"
                 return process
