@@ -2,7 +2,8 @@
 
 A client sends {"message": "<text>", "user": "<nickname>"}; everyone in the
 room receives {"id", "room", "user", "message", "ts"}, with "history": true on
-messages replayed at join. Anything else gets {"error": "..."}.
+messages replayed at join. Anything else gets {"error": "...", "code": "..."}:
+the text is for people and may change, the code is for programs and does not.
 """
 
 import hashlib
@@ -15,9 +16,40 @@ ROOM_NAME = re.compile(r"[\w-]{1,64}")
 USER_MAX_LENGTH = 32
 ANONYMOUS = "anonymous"
 
+# The error frames' codes, one per refusal. Clients, tests and the
+# chat_error_frames_total metric rely on them: add codes, never rename one.
+MALFORMED_JSON = "malformed_json"
+NOT_AN_OBJECT = "not_an_object"
+INVALID_MESSAGE = "invalid_message"
+EMPTY_MESSAGE = "empty_message"
+MESSAGE_TOO_LONG = "message_too_long"
+INVALID_USER = "invalid_user"
+USER_TOO_LONG = "user_too_long"
+BINARY_FRAME = "binary_frame"
+RATE_LIMITED = "rate_limited"
+INVALID_SINCE = "invalid_since"
+BROADCAST_FAILED = "broadcast_failed"
+ERROR_CODES = (
+    MALFORMED_JSON,
+    NOT_AN_OBJECT,
+    INVALID_MESSAGE,
+    EMPTY_MESSAGE,
+    MESSAGE_TOO_LONG,
+    INVALID_USER,
+    USER_TOO_LONG,
+    BINARY_FRAME,
+    RATE_LIMITED,
+    INVALID_SINCE,
+    BROADCAST_FAILED,
+)
+
 
 class ProtocolError(ValueError):
-    """A client frame the chat refuses; str(error) is what the client is told."""
+    """A client frame the chat refuses; str(error) is what the client is told, error.code which refusal it is."""
+
+    def __init__(self, text, code):
+        super().__init__(text)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -45,23 +77,25 @@ def parse_incoming(text_data, max_length):
     try:
         data = json.loads(text_data)
     except ValueError:
-        raise ProtocolError('Malformed JSON: send an object like {"message": "hello"}.') from None
+        raise ProtocolError('Malformed JSON: send an object like {"message": "hello"}.', MALFORMED_JSON) from None
     if not isinstance(data, dict):
-        raise ProtocolError('Expected a JSON object like {"message": "hello"}.')
+        raise ProtocolError('Expected a JSON object like {"message": "hello"}.', NOT_AN_OBJECT)
     text = data.get("message")
     if not isinstance(text, str):
-        raise ProtocolError('"message" is required and must be a string.')
+        raise ProtocolError('"message" is required and must be a string.', INVALID_MESSAGE)
     if not text.strip():
-        raise ProtocolError("The message is empty.")
+        raise ProtocolError("The message is empty.", EMPTY_MESSAGE)
     if len(text) > max_length:
-        raise ProtocolError(f"The message is {len(text)} characters long; the limit is {max_length}.")
+        raise ProtocolError(
+            f"The message is {len(text)} characters long; the limit is {max_length}.", MESSAGE_TOO_LONG
+        )
     user = data.get("user")
     if user is None:
         user = ANONYMOUS
     elif not isinstance(user, str):
-        raise ProtocolError('"user" must be a string.')
+        raise ProtocolError('"user" must be a string.', INVALID_USER)
     elif len(user.strip()) > USER_MAX_LENGTH:
-        raise ProtocolError(f'"user" is limited to {USER_MAX_LENGTH} characters.')
+        raise ProtocolError(f'"user" is limited to {USER_MAX_LENGTH} characters.', USER_TOO_LONG)
     return IncomingMessage(user=user.strip() or ANONYMOUS, text=text)
 
 
@@ -78,7 +112,7 @@ def parse_since(query_string):
     except ValueError:
         since = -1
     if since < 0:
-        raise ProtocolError("since must be the id of the last message received (a whole number).")
+        raise ProtocolError("since must be the id of the last message received (a whole number).", INVALID_SINCE)
     return since
 
 
@@ -96,5 +130,6 @@ def outgoing(message, history=False):
     return json.dumps(payload, ensure_ascii=False)
 
 
-def error(text):
-    return json.dumps({"error": text})
+def error(text, code):
+    """The frame that tells one client why the chat refused something: a text for people, a code for programs."""
+    return json.dumps({"error": text, "code": code})

@@ -6,7 +6,9 @@ allowed until named, secrets required. `manage.py runserver` is the one place
 that switches DEBUG on by default, for a developer's machine.
 """
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -27,7 +29,7 @@ def env_bool(name, default=False):
     raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}.")
 
 
-def env_int(name, default, minimum=1):
+def env_int(name, default, minimum=1, maximum=None):
     value = os.environ.get(name, "").strip()
     if not value:
         return default
@@ -37,7 +39,27 @@ def env_int(name, default, minimum=1):
         raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}.") from None
     if number < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}.")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, not {number}.")
     return number
+
+
+HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def env_listen_address(name, default):
+    """An address to listen on: an IP address or, as the deployment may give one, a host name."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        if HOST_NAME.fullmatch(value):
+            return value
+    raise ImproperlyConfigured(
+        f"{name} must be an IP address or host name to listen on (127.0.0.1, 0.0.0.0, ::1), not {value!r}."
+    )
 
 
 def env_float(name, default):
@@ -55,6 +77,15 @@ def env_float(name, default):
 
 def env_list(name):
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def check_metrics_port(base_port, process_num):
+    """Each server process serves its metrics on base_port + its number (0: none); that must be a port."""
+    if base_port and base_port + process_num > 65535:
+        raise ImproperlyConfigured(
+            f"CHAT_METRICS_PORT + CHAT_PROCESS_NUM is {base_port} + {process_num} = {base_port + process_num}, "
+            "past the last port (65535): lower CHAT_METRICS_PORT."
+        )
 
 
 def database_from_url(url):
@@ -276,3 +307,11 @@ CHAT_HISTORY_LIMIT = env_int("CHAT_HISTORY_LIMIT", 50, minimum=0)
 CHAT_RESYNC_LIMIT = env_int("CHAT_RESYNC_LIMIT", 1000)
 CHAT_RATE_PER_SECOND = env_float("CHAT_RATE_PER_SECOND", 5.0)
 CHAT_RATE_BURST = env_int("CHAT_RATE_BURST", 10)
+
+# Prometheus metrics (chat/metrics.py). Each server process serves its own, on
+# CHAT_METRICS_ADDRESS and port CHAT_METRICS_PORT + CHAT_PROCESS_NUM
+# (supervisord numbers its processes); no port, no metrics server.
+CHAT_METRICS_PORT = env_int("CHAT_METRICS_PORT", 0, minimum=0, maximum=65535)
+CHAT_METRICS_ADDRESS = env_listen_address("CHAT_METRICS_ADDRESS", "127.0.0.1")
+CHAT_PROCESS_NUM = env_int("CHAT_PROCESS_NUM", 0, minimum=0)
+check_metrics_port(CHAT_METRICS_PORT, CHAT_PROCESS_NUM)

@@ -127,31 +127,34 @@ async def test_resync_is_bounded_and_continues_where_it_stopped(channel_layer, s
 async def test_invalid_since_gets_an_error_and_the_default_history(channel_layer):
     await store("lobby", "hello")
     async with joined("/ws/chat/lobby/?since=yesterday") as ann:
-        assert "since" in (await receive(ann))["error"]
+        answer = await receive(ann)
+        assert "since" in answer["error"] and answer["code"] == "invalid_since"
         assert (await receive(ann))["message"] == "hello"
 
 
+# Each bad frame, and the code of the error frame it gets.
 BAD_FRAMES = {
-    "malformed_json": "{not json",
-    "json_that_is_not_an_object": "[1, 2, 3]",
-    "json_string": '"hello"',
-    "missing_message": json.dumps({"user": "ann"}),
-    "non_string_message": json.dumps({"message": 42}),
-    "null_message": json.dumps({"message": None}),
-    "empty_message": json.dumps({"message": ""}),
-    "whitespace_only_message": json.dumps({"message": " \n\t "}),
-    "message_over_the_length_limit": json.dumps({"message": "x" * 2001}),
-    "non_string_user": json.dumps({"message": "hi", "user": ["ann"]}),
-    "user_over_32_characters": json.dumps({"message": "hi", "user": "u" * 33}),
+    "malformed_json": ("{not json", "malformed_json"),
+    "json_that_is_not_an_object": ("[1, 2, 3]", "not_an_object"),
+    "json_string": ('"hello"', "not_an_object"),
+    "missing_message": (json.dumps({"user": "ann"}), "invalid_message"),
+    "non_string_message": (json.dumps({"message": 42}), "invalid_message"),
+    "null_message": (json.dumps({"message": None}), "invalid_message"),
+    "empty_message": (json.dumps({"message": ""}), "empty_message"),
+    "whitespace_only_message": (json.dumps({"message": " \n\t "}), "empty_message"),
+    "message_over_the_length_limit": (json.dumps({"message": "x" * 2001}), "message_too_long"),
+    "non_string_user": (json.dumps({"message": "hi", "user": ["ann"]}), "invalid_user"),
+    "user_over_32_characters": (json.dumps({"message": "hi", "user": "u" * 33}), "user_too_long"),
 }
 
 
-@pytest.mark.parametrize("frame", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
-async def test_bad_input_gets_an_error_and_the_connection_stays_open(channel_layer, frame):
+@pytest.mark.parametrize(("frame", "code"), BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+async def test_bad_input_gets_an_error_and_the_connection_stays_open(channel_layer, frame, code):
     async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
         await ann.send_to(text_data=frame)
         answer = await receive(ann)
-        assert set(answer) == {"error"} and isinstance(answer["error"], str) and answer["error"]
+        assert set(answer) == {"error", "code"} and isinstance(answer["error"], str) and answer["error"]
+        assert answer["code"] == code
         # Only the sender hears about it; nothing is broadcast or stored.
         assert await bob.receive_nothing(timeout=0.3)
         assert await stored_count() == 0
@@ -164,7 +167,8 @@ async def test_bad_input_gets_an_error_and_the_connection_stays_open(channel_lay
 async def test_binary_frame_gets_an_error_and_the_connection_stays_open(channel_layer):
     async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
         await ann.send_to(bytes_data=json.dumps({"message": "as bytes"}).encode())
-        assert "Binary" in (await receive(ann))["error"]
+        answer = await receive(ann)
+        assert "Binary" in answer["error"] and answer["code"] == "binary_frame"
         assert await bob.receive_nothing(timeout=0.3)
         assert await stored_count() == 0
         await ann.send_json_to({"message": "as text"})
@@ -181,7 +185,8 @@ async def test_length_limit_is_configurable(channel_layer, settings):
     settings.CHAT_MESSAGE_MAX_LENGTH = 5
     async with joined("/ws/chat/lobby/") as ann:
         await ann.send_json_to({"message": "123456"})
-        assert "limit is 5" in (await receive(ann))["error"]
+        answer = await receive(ann)
+        assert "limit is 5" in answer["error"] and answer["code"] == "message_too_long"
         await ann.send_json_to({"message": "12345"})
         assert (await receive(ann))["message"] == "12345"
 
@@ -194,8 +199,9 @@ async def test_sending_faster_than_the_rate_gets_errors_for_the_excess(channel_l
             await ann.send_json_to({"message": f"m{n}"})
         answers = [await receive(ann) for _ in range(5)]
         assert [a.get("message") for a in answers if "message" in a] == ["m0", "m1", "m2"]
-        errors = [a["error"] for a in answers if "error" in a]
-        assert len(errors) == 2 and all("Too many messages" in e for e in errors)
+        errors = [a for a in answers if "error" in a]
+        assert len(errors) == 2 and all("Too many messages" in e["error"] for e in errors)
+        assert [e["code"] for e in errors] == ["rate_limited", "rate_limited"]
         assert [(await receive(bob))["message"] for _ in range(3)] == ["m0", "m1", "m2"]
         assert await bob.receive_nothing(timeout=0.3)
         assert await stored_count() == 3

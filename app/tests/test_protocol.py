@@ -42,8 +42,43 @@ def test_missing_or_blank_nickname_is_anonymous(user):
 
 def test_length_limit_counts_characters_not_bytes():
     assert protocol.parse_incoming(json.dumps({"message": "字" * 10}), 10).text == "字" * 10
-    with pytest.raises(protocol.ProtocolError, match="limit is 10"):
+    with pytest.raises(protocol.ProtocolError, match="limit is 10") as refused:
         protocol.parse_incoming(json.dumps({"message": "字" * 11}), 10)
+    assert refused.value.code == protocol.MESSAGE_TOO_LONG
+
+
+REFUSED_FRAMES = [
+    ("{not json", "malformed_json"),
+    ("[1]", "not_an_object"),
+    ("null", "not_an_object"),
+    (json.dumps({"user": "ann"}), "invalid_message"),
+    (json.dumps({"message": 1}), "invalid_message"),
+    (json.dumps({"message": "  "}), "empty_message"),
+    (json.dumps({"message": "x" * 11}), "message_too_long"),
+    (json.dumps({"message": "hi", "user": 7}), "invalid_user"),
+    (json.dumps({"message": "hi", "user": "u" * 33}), "user_too_long"),
+]
+
+
+@pytest.mark.parametrize(("frame", "code"), REFUSED_FRAMES)
+def test_each_refusal_carries_its_stable_code(frame, code):
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.parse_incoming(frame, 10)
+    assert refused.value.code == code
+    assert code in protocol.ERROR_CODES
+    assert str(refused.value) and code not in str(refused.value), "the text is for people, the code apart"
+
+
+def test_error_codes_are_distinct_identifiers():
+    assert len(set(protocol.ERROR_CODES)) == len(protocol.ERROR_CODES)
+    assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", code) for code in protocol.ERROR_CODES)
+
+
+def test_error_frame_keeps_the_text_and_adds_the_code():
+    assert json.loads(protocol.error("Slow down.", protocol.RATE_LIMITED)) == {
+        "error": "Slow down.",
+        "code": "rate_limited",
+    }
 
 
 @pytest.mark.parametrize(
@@ -56,8 +91,9 @@ def test_parse_since(query, since):
 
 @pytest.mark.parametrize("query", [b"since=abc", b"since=-1", b"since=1.5"])
 def test_parse_since_refuses_what_is_not_an_id(query):
-    with pytest.raises(protocol.ProtocolError):
+    with pytest.raises(protocol.ProtocolError) as refused:
         protocol.parse_since(query)
+    assert refused.value.code == "invalid_since"
 
 
 class FakeClock:

@@ -95,7 +95,7 @@ def test_two_servers_chat_through_redis(tmp_path, redis_url):
             ("ann", "from the first server"), ("ann", "from the first server"), ("bob", "and back"), ("bob", "and back"),
         ]
         assert got[0]["id"] < got[2]["id"]
-        assert "error" in error
+        assert "error" in error and error["code"] == "malformed_json"
     finally:
         for server in servers:
             server.terminate()

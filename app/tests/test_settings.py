@@ -68,12 +68,39 @@ def test_empty_allowed_hosts_with_debug_off_fails_clearly():
         ("REDIS_URL", "localhost:6379", "REDIS_URL must be redis://"),
         ("CHAT_CHANNEL_LAYER", "carrier-pigeon", "CHAT_CHANNEL_LAYER must be pubsub or core"),
         ("DATABASE_URL", "mysql://db/chat", "DATABASE_URL must start with postgresql://"),
+        ("CHAT_METRICS_PORT", "70000", "CHAT_METRICS_PORT must be at most 65535"),
+        ("CHAT_METRICS_PORT", "-1", "CHAT_METRICS_PORT must be at least 0"),
+        ("CHAT_METRICS_ADDRESS", "http://0.0.0.0", "CHAT_METRICS_ADDRESS must be an IP address or host name"),
+        ("CHAT_PROCESS_NUM", "first", "CHAT_PROCESS_NUM must be a whole number"),
     ],
 )
 def test_bad_values_fail_at_start_naming_the_variable(name, value, message):
     result = run_python(SETUP, {**PRODUCTION, name: value})
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_metrics_port_plus_process_number_past_the_last_port_fails_at_start():
+    result = run_python(SETUP, {**PRODUCTION, "CHAT_METRICS_PORT": "65530", "CHAT_PROCESS_NUM": "6"})
+    assert result.returncode != 0
+    assert "CHAT_METRICS_PORT + CHAT_PROCESS_NUM is 65530 + 6 = 65536" in result.stderr
+
+
+@pytest.mark.parametrize("port", ["", "0"], ids=["empty", "zero"])
+def test_metrics_settings_default_to_no_server_on_the_loopback_address(port):
+    show = SETUP + "; print(settings.CHAT_METRICS_PORT, settings.CHAT_METRICS_ADDRESS, settings.CHAT_PROCESS_NUM)"
+    result = run_python(show, {**PRODUCTION, "CHAT_METRICS_PORT": port})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-3:] == ["0", "127.0.0.1", "0"]
+
+
+@pytest.mark.parametrize("address", ["10.0.0.5", "::", "app1.example.org"])
+def test_metrics_settings_from_the_environment(address):
+    show = SETUP + "; print(settings.CHAT_METRICS_PORT, settings.CHAT_METRICS_ADDRESS, settings.CHAT_PROCESS_NUM)"
+    metrics_env = {"CHAT_METRICS_PORT": "9100", "CHAT_METRICS_ADDRESS": f" {address} ", "CHAT_PROCESS_NUM": "3"}
+    result = run_python(show, {**PRODUCTION, **metrics_env})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-3:] == ["9100", address, "3"]
 
 
 def test_without_redis_url_the_in_memory_layer_is_used_and_logged():
