@@ -6,16 +6,19 @@
 Websocket clients chat in one room through the load balancer, each sending
 a message a second, and behave like the room page: when their connection
 drops they reconnect with ?since=<last id>, and resend what was not echoed
-back. An HTTP poller fetches pages through the load balancer meanwhile. The
+back. An HTTP poller fetches pages through the load balancer meanwhile, and every
+static file (CSS, JavaScript) each page names. The
 command after -- (the deploy) runs in the middle. Afterwards every client
 must have every stored message of the room exactly once, no sent message may
-be missing, and no HTTP request may have failed. Bounded: the run stops
+be missing, and no HTTP request may have failed (a 404 for a static file
+named by a page included). Bounded: the run stops
 after --max-seconds whatever happens.
 """
 
 import argparse
 import asyncio
 import json
+import re
 import sys
 import time
 import urllib.error
@@ -81,24 +84,37 @@ class Client:
             pass
 
 
+STATIC_URL = re.compile(r"""(?:src|href)=["'](/static/[^"']+)["']""")
+
+
 async def poll_http(base, stop, failures, requests):
+    """Fetch pages through the load balancer, and every static file each names.
+
+    A page rendered by a host still on the old release names the old release's
+    hashed files: the load balancer must still serve them (and the new ones).
+    """
     loop = asyncio.get_running_loop()
 
     def fetch(path):
         try:
-            with urllib.request.urlopen(base + path, timeout=TIMEOUT) as response:
-                return response.status
+            with urllib.request.urlopen(base + path.lstrip("/"), timeout=TIMEOUT) as response:
+                return response.status, response.read().decode(errors="replace")
         except urllib.error.HTTPError as error:
-            return error.code
+            return error.code, ""
         except OSError as error:
-            return repr(error)
+            return repr(error), ""
 
     while not stop.is_set():
-        for path in ("chat/", "healthz"):
-            status = await loop.run_in_executor(None, fetch, path)
+        for path in ("chat/", "chat/rolling-page/", "healthz"):
+            status, body = await loop.run_in_executor(None, fetch, path)
             requests.append(path)
             if status != 200:
                 failures.append(f"{path}: {status}")
+            for static in STATIC_URL.findall(body):
+                static_status, _ = await loop.run_in_executor(None, fetch, static)
+                requests.append(static)
+                if static_status != 200:
+                    failures.append(f"{static} (named by {path}): {static_status}")
         await asyncio.sleep(0.2)
 
 
