@@ -5,15 +5,20 @@ the application through an asyncio.Queue, made per connection and kept as
 long as it lives: about 3.5 KiB of an idle websocket's cost, for a queue
 that daphne only fills with put_nowait() and the application reads from one
 task. ChatServer gives the application a Mailbox (chat.mailbox) instead;
-everything else is daphne's, options included:
+everything else is daphne's, options included, plus one: --proxy-trusted
+(below).
 
-    chat-daphne --fd 0 --proxy-headers chatsite.asgi:application
+    chat-daphne --fd 0 --proxy-headers --proxy-trusted 10.0.0.10 chatsite.asgi:application
     python -m chat.server -b 127.0.0.1 -p 8001 chatsite.asgi:application
 """
 
+import argparse
 import asyncio
+import ipaddress
+import os
 from functools import partial
 
+from daphne import http_protocol, utils, ws_protocol
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 
@@ -40,8 +45,120 @@ class ChatServer(Server):
         return input_queue
 
 
+# --- Trusting X-Forwarded-* only from the load balancers ---
+#
+# daphne's --proxy-headers believes X-Forwarded-For (and -Port, -Proto) from
+# any peer: whoever reaches the app server's port directly can claim any
+# address. daphne 4.2 has no list of trusted proxies (uvicorn has
+# --forwarded-allow-ips; daphne's only knobs are the header names), so the
+# project adds one. Both of daphne's protocols, HTTP requests
+# (http_protocol.WebRequest.process) and websocket handshakes
+# (ws_protocol.WebSocketProtocol.onConnect), take the headers in a single
+# call, utils.parse_x_forwarded_for(headers, <header names>, original_addr=
+# the peer's [host, port], ...), whose names each module imported. We swap
+# that name in both modules for a wrapper that returns the peer's own address
+# (and scheme) unless the peer is trusted. The trusted networks travel with
+# the server's header name (TrustedProxyHeader, a str daphne uses as before),
+# so each server keeps its own list, and a server without --proxy-trusted
+# behaves exactly as daphne does.
+
+
+def parse_networks(value):
+    """One --proxy-trusted value: addresses or networks (CIDR), comma-separated, as ipaddress networks.
+
+    Strict, as uvicorn's --forwarded-allow-ips: 10.0.0.0/24 is a network, 10.0.0.1/24 an error
+    (uvicorn would silently never match it).
+    """
+    networks = []
+    for item in value.split(","):
+        try:
+            networks.append(ipaddress.ip_network(item.strip()))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not an IP address or network ({error})") from None
+    return networks
+
+
+class TrustedProxyHeader(str):
+    """daphne's proxy_forwarded_address_header ("X-Forwarded-For"), with the networks it is believed from."""
+
+    def __new__(cls, name, networks):
+        header = super().__new__(cls, name)
+        header.networks = tuple(networks)
+        return header
+
+    def trusts(self, peer):
+        """Whether the peer daphne saw ([host, port], or None off TCP) may set the forwarded headers."""
+        if not peer:
+            return False
+        try:
+            address = ipaddress.ip_address(peer[0])
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped:  # a dual-stack socket's IPv4 peer
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
+_daphne_parse_x_forwarded_for = utils.parse_x_forwarded_for
+
+
+def parse_x_forwarded_for(
+    headers,
+    address_header_name="X-Forwarded-For",
+    port_header_name="X-Forwarded-Port",
+    proto_header_name="X-Forwarded-Proto",
+    original_addr=None,
+    original_scheme=None,
+):
+    """daphne's utils.parse_x_forwarded_for, unless the header name says the peer (original_addr) is not trusted."""
+    if isinstance(address_header_name, TrustedProxyHeader) and not address_header_name.trusts(original_addr):
+        return original_addr, original_scheme
+    return _daphne_parse_x_forwarded_for(
+        headers, address_header_name, port_header_name, proto_header_name, original_addr, original_scheme,
+    )
+
+
+for _module in (http_protocol, ws_protocol):
+    # A daphne that parses the headers elsewhere would trust every peer again: refuse to start.
+    if getattr(_module, "parse_x_forwarded_for", None) is not _daphne_parse_x_forwarded_for:
+        raise ImportError(f"chat.server: {_module.__name__} no longer calls daphne.utils.parse_x_forwarded_for; "
+                          "update the --proxy-trusted hook for this daphne")
+    _module.parse_x_forwarded_for = parse_x_forwarded_for
+
+
 class ChatCommandLine(CommandLineInterface):
     server_class = ChatServer
+
+    def __init__(self):
+        super().__init__()
+        self.arg_proxy_trusted = self.parser.add_argument(
+            "--proxy-trusted",
+            dest="proxy_trusted",
+            metavar="ADDRESS_OR_CIDR",
+            action="append",
+            type=parse_networks,
+            default=[],
+            help="Believe the --proxy-headers only from this peer: an IPv4 or IPv6 address or network "
+            "(CIDR). Repeatable, or comma-separated. From other peers the headers are ignored and the "
+            "peer's own address is the client. Without it, every peer is believed (daphne's behaviour).",
+        )
+
+    def _get_forwarded_host(self, args):
+        name = super()._get_forwarded_host(args)
+        # The deployment passes the list in the environment rather than on
+        # the command line: supervisord's command is rendered for the newest
+        # code, and a release rolled back to that predates the option would
+        # refuse an unknown argument (it ignores the variable).
+        if not args.proxy_trusted and os.environ.get("CHAT_PROXY_TRUSTED", "").strip():
+            try:
+                args.proxy_trusted = [parse_networks(os.environ["CHAT_PROXY_TRUSTED"])]
+            except argparse.ArgumentTypeError as error:
+                self.parser.error(f"CHAT_PROXY_TRUSTED: {error}")
+        if not args.proxy_trusted:
+            return name
+        if not name:
+            self.parser.error("--proxy-trusted needs --proxy-headers (or --proxy-headers-host)")
+        return TrustedProxyHeader(name, [network for value in args.proxy_trusted for network in value])
 
 
 def main():
