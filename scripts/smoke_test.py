@@ -5,11 +5,16 @@
     scripts/smoke_test.py https://10.0.0.5/ --insecure --wait 60
 
 Through the front door (nginx): the room picker and a room page load, their
-script comes from /static/ with caching headers, /healthz says ok, a
-websocket from a foreign origin is refused, and two clients in one room see
-each other's message, while malformed JSON gets an error frame and the
-connection stays open; over HTTPS, plain HTTP redirects. --wait retries the whole check until it passes or the
-time is up (after a restart). Exits 0 when everything passed.
+script comes from /static/ with caching headers, /healthz says ok, Django's
+admin login page loads, a websocket from a foreign origin is refused, and two
+clients in one room see each other's message, while malformed JSON gets an
+error frame and the connection stays open; over HTTPS, plain HTTP redirects.
+Every response fetched carries the security headers, each once:
+X-Content-Type-Options nosniff, a Referrer-Policy that keeps addresses from
+other sites, framing refused (X-Frame-Options DENY, CSP frame-ancestors
+'none'), and over HTTPS Strict-Transport-Security; the pages' CSP also
+limits scripts to the site's own. --wait retries the whole check until it
+passes or the time is up (after a restart). Exits 0 when everything passed.
 """
 
 import argparse
@@ -84,20 +89,63 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+# Referrer policies that never send a page's address (room names) to another site.
+PRIVATE_REFERRER_POLICIES = {"no-referrer", "same-origin", "strict-origin", "strict-origin-when-cross-origin"}
+
+
+def only_header(headers, name, path):
+    """The header's value, which must be sent exactly once."""
+    values = headers.get_all(name) or []
+    expect(len(values) == 1, f"{path} has {len(values)} {name} headers: {values}")
+    return values[0].strip()
+
+
+def csp_directives(policy):
+    return {part.split()[0].lower(): part.split()[1:] for part in policy.split(";") if part.strip()}
+
+
+def check_security_headers(site, path, headers, page=False):
+    """The headers nginx adds to every response; page: also a CSP that limits scripts."""
+    nosniff = only_header(headers, "X-Content-Type-Options", path)
+    expect(nosniff.lower() == "nosniff", f"{path}: X-Content-Type-Options is {nosniff!r}, not nosniff")
+    referrer = only_header(headers, "Referrer-Policy", path)
+    expect(referrer in PRIVATE_REFERRER_POLICIES, f"{path}: Referrer-Policy {referrer!r} can send addresses to other sites")
+    frame_options = only_header(headers, "X-Frame-Options", path)
+    expect(frame_options.upper() == "DENY", f"{path}: X-Frame-Options is {frame_options!r}, not DENY")
+    policy = csp_directives(only_header(headers, "Content-Security-Policy", path))
+    expect(policy.get("frame-ancestors") == ["'none'"], f"{path}: the CSP does not refuse framing: {policy}")
+    if page:
+        scripts = policy.get("script-src", policy.get("default-src", []))
+        expect(scripts == ["'self'"], f"{path}: the CSP lets scripts come from {scripts or 'anywhere'}")
+    if site.url.startswith("https://"):
+        hsts = only_header(headers, "Strict-Transport-Security", path)
+        max_age = re.fullmatch(r"max-age=(\d+)(;.*)?", hsts.replace(" ", ""))
+        expect(max_age and int(max_age.group(1)) > 0, f"{path}: Strict-Transport-Security is {hsts!r}")
+
+
 def check_pages(site, room):
-    status, _, page = site.get("chat/")
+    status, headers, page = site.get("chat/")
     expect(status == 200 and 'id="room-name-input"' in page, f"/chat/ answered {status} without the room picker")
-    status, _, body = site.get("healthz")
+    check_security_headers(site, "/chat/", headers, page=True)
+    status, headers, body = site.get("healthz")
     expect(status == 200, f"/healthz answered {status}: {body[:200]}")
     expect(json.loads(body).get("status") == "ok", f"/healthz says {body[:200]}")
-    status, _, page = site.get(f"chat/{quote(room)}/")
+    check_security_headers(site, "/healthz", headers)
+    room_path = f"/chat/{quote(room)}/"
+    status, headers, page = site.get(room_path)
     expect(status == 200 and 'id="chat-log"' in page, f"the room page answered {status}")
+    check_security_headers(site, room_path, headers, page=True)
     script = re.search(r'src="(/static/[^"]*room[^"]*\.js)"', page)
     expect(script, "the room page links no room script under /static/")
     status, headers, code = site.get(script.group(1))
     expect(status == 200 and "WebSocket" in code, f"{script.group(1)} answered {status}")
     expect("max-age" in (headers.get("Cache-Control") or ""), f"{script.group(1)} has no caching header")
-    return "pages, /healthz and static files"
+    check_security_headers(site, script.group(1), headers)
+    status, headers, page = site.get("admin/login/")
+    expect(status == 200 and 'name="password"' in page, f"/admin/login/ answered {status} without the login form")
+    check_security_headers(site, "/admin/login/", headers, page=True)
+    https = " and HSTS" if site.url.startswith("https://") else ""
+    return f"pages, /healthz, static files and the admin login, with their security headers{https}"
 
 
 async def receive_json(socket):
