@@ -2,7 +2,7 @@
 """Tries Redis or PostgreSQL from the host it runs on, and says what happened.
 
     probe_port.py redis 10.89.20.13 6379      -> refused | open
-    probe_port.py postgres 10.89.20.14 5432   -> refused: <server's reason> | open
+    probe_port.py postgres 10.89.20.14 5432 [user database]   -> refused: <server's reason> | open
 
 "open" means the server would let this host try to log in: Redis accepted
 the connection, PostgreSQL asked for a password. Runs on the servers with
@@ -24,9 +24,9 @@ def probe_redis(host, port):
     return "open" if answer else "refused: closed without an answer"
 
 
-def probe_postgres(host, port):
-    # A protocol 3.0 StartupMessage for user chat, database chat.
-    body = struct.pack("!I", 196608) + b"user\0chat\0database\0chat\0\0"
+def probe_postgres(host, port, user="chat", database="chat"):
+    # A protocol 3.0 StartupMessage for the chat's user and database.
+    body = struct.pack("!I", 196608) + b"user\0%s\0database\0%s\0\0" % (user.encode(), database.encode())
     try:
         with socket.create_connection((host, port), timeout=5) as connection:
             connection.sendall(struct.pack("!I", len(body) + 4) + body)
@@ -43,5 +43,5 @@ def probe_postgres(host, port):
 
 
 if __name__ == "__main__":
-    kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    print({"redis": probe_redis, "postgres": probe_postgres}[kind](host, port))
+    kind, host, port, *login = sys.argv[1], sys.argv[2], int(sys.argv[3]), *sys.argv[4:]
+    print({"redis": probe_redis, "postgres": probe_postgres}[kind](host, port, *login))
