@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import ipaddress
 import os
+import sys
 from functools import partial
 
 from daphne import http_protocol, utils, ws_protocol
@@ -162,6 +163,10 @@ class ChatCommandLine(CommandLineInterface):
 
 
 def main():
+    # daphne writes its access log (--access-log -) to stdout and never
+    # flushes it: under supervisord, a pipe, lines would wait for a full
+    # buffer. One line at a time, as a log should.
+    sys.stdout.reconfigure(line_buffering=True)
     ChatCommandLine.entrypoint()
 
 

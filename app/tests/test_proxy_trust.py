@@ -7,6 +7,7 @@ who the client was twice: in daphne's access log, and in the scope the applicati
 
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -194,3 +195,30 @@ def test_which_peers_are_trusted():
     assert not header.trusts(["2001:db9::5", 40000])
     assert not header.trusts(None)  # a UNIX socket's peer has no address
     assert not header.trusts(["/run/chat.sock", 0])
+
+
+def test_the_access_log_on_stdout_is_written_line_by_line():
+    # Under supervisord stdout is a pipe: daphne never flushes it, so without
+    # line buffering a request's log line waits for a full buffer.
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chat.server", "-b", "127.0.0.1", "-p", str(port), "--access-log", "-",
+         "tests.asgi_echo:application"],
+        cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"},  # as supervisord runs it
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/line-by-line", timeout=2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "chat-daphne did not answer"
+                time.sleep(0.1)
+        ready, _, _ = select.select([process.stdout], [], [], 10)
+        assert ready, "no access log line on stdout within 10 s: it is still in daphne's buffer"
+        assert '"GET /line-by-line"' in process.stdout.readline()
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
