@@ -36,6 +36,20 @@ def ipv6_loopback():
         return False
 
 
+def wait_until_answering(process, url):
+    """Fetches url until the server process answers it (30 s at most; fails at once if it exits)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(process.stdout.read()) from None
+            assert time.monotonic() < deadline, "chat-daphne did not answer within 30 s"
+            time.sleep(0.1)
+
+
 class Daphne:
     """python -m chat.server on a free port with the echo app, as supervisord runs chat-daphne."""
 
@@ -50,16 +64,7 @@ class Daphne:
             env={**os.environ, **(env or {})},
         )
         self.netloc = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://{self.netloc}/ready", timeout=2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise AssertionError(self.process.stdout.read()) from None
-                assert time.monotonic() < deadline, "chat-daphne did not answer within 30 s"
-                time.sleep(0.1)
+        wait_until_answering(self.process, f"http://{self.netloc}/ready")
 
     def stop(self):
         self.process.terminate()
@@ -208,14 +213,7 @@ def test_the_access_log_on_stdout_is_written_line_by_line():
         env={name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"},  # as supervisord runs it
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/line-by-line", timeout=2).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "chat-daphne did not answer"
-                time.sleep(0.1)
+        wait_until_answering(process, f"http://127.0.0.1:{port}/line-by-line")
         ready, _, _ = select.select([process.stdout], [], [], 10)
         assert ready, "no access log line on stdout within 10 s: it is still in daphne's buffer"
         assert '"GET /line-by-line"' in process.stdout.readline()
