@@ -1,9 +1,14 @@
-// The room page: a websocket that reconnects by itself and resyncs with
-// ?since=<last id>, so a dropped connection loses and repeats nothing.
+// The room page. One websocket that reconnects by itself and resyncs with
+// ?since=<last id>, and an outbox: every message the user sends carries a
+// client_id and stays on the page, pending, until the server acknowledges
+// it, so nothing typed is lost to a dead socket, a restart or a reload.
+// The protocol (frames, acks, page ends) is described in the README.
 "use strict";
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 const log = document.getElementById("chat-log");
+const olderRow = document.getElementById("chat-older");
+const olderButton = document.getElementById("chat-load-older");
 const form = document.getElementById("chat-form");
 const messageInput = document.getElementById("chat-message-input");
 const userInput = document.getElementById("chat-user-input");
@@ -11,15 +16,46 @@ const statusBadge = document.getElementById("status");
 const errorBox = document.getElementById("chat-error");
 
 const NICKNAME_KEY = "chat.nickname";
+const OUTBOX_KEY = `chat.outbox.${config.room}`;
 const RETRY_BASE_MS = 500;
 const RETRY_MAX_MS = 15000;
+// Backoff starts again from the bottom only after a connection has stayed
+// open this long: a server that accepts and then drops every connection (its
+// database down, say) is not hammered every half second.
+const STABLE_AFTER_MS = 10000;
+// Ids kept to drop a message that arrives twice. Messages come in id order,
+// so only ids near the cursor can come again; the oldest are forgotten.
+const SEEN_MAX = 5000;
+// Resending a message the server could not take yet (store_failed, or the
+// rate limit during a catch-up resend): first after this, doubling to the cap.
+const RESEND_BASE_MS = 1000;
+const RESEND_MAX_MS = 30000;
+// Refusals after which the server says to send the same message again later.
+// Every other refusal of a message gives its text back to the user.
+const RETRY_LATER = new Set(["store_failed", "broadcast_failed"]);
 
-const seen = new Set(); // ids shown, so a resync never shows one twice
-let lastId = 0;
+const seen = new Set();
+let lastId = 0; // the cursor: the highest message id shown
+let lowestId = null; // the oldest message shown, for "load older"
+let lastDay = null; // local day of the newest message shown, for separators
 let socket = null;
+let generation = 0; // counts connections, so each knows what it has sent
 let attempts = 0;
 let retryTimer = null;
+let stableTimer = null;
+let resendTimer = null;
 let errorTimer = null;
+let loadingOlder = false;
+
+// The outbox: messages sent but not yet acknowledged, oldest first. Kept in
+// sessionStorage (this tab only), so a reload resends them instead of losing
+// them. Each: {clientId, message, user, ts} plus what this page load knows:
+// sentOn (the connection generation it was last sent on), retryAt, tries,
+// fresh (sent the moment it was typed, on an open socket), item (its <li>).
+const outbox = loadOutbox();
+// The outbox entry whose text is in the message box: the box is cleared
+// when that message is acknowledged, and only then.
+let heldClientId = null;
 
 userInput.value = localStorage.getItem(NICKNAME_KEY) || "";
 userInput.addEventListener("change", () => {
@@ -32,39 +68,375 @@ function setStatus(state, text) {
   statusBadge.textContent = text || state;
 }
 
-function showError(text) {
+function isOpen() {
+  return socket !== null && socket.readyState === WebSocket.OPEN;
+}
+
+// The badge follows the socket: an open socket is "connected" whatever the
+// browser's online events said in between.
+function statusFromSocket() {
+  if (isOpen()) setStatus("connected");
+  else if (!navigator.onLine) setStatus("offline");
+  else setStatus(attempts ? "reconnecting" : "connecting");
+}
+
+// sticky: stays until the user sends again (a refusal they must act on).
+function showError(text, sticky = false) {
   errorBox.textContent = text;
   errorBox.hidden = false;
   clearTimeout(errorTimer);
-  errorTimer = setTimeout(() => { errorBox.hidden = true; }, 6000);
+  if (!sticky) errorTimer = setTimeout(hideError, 6000);
 }
 
-function formatTime(iso) {
-  const when = new Date(iso);
-  return when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+function hideError() {
+  clearTimeout(errorTimer);
+  errorBox.hidden = true;
 }
 
-function show(message) {
-  if (seen.has(message.id)) return;
-  seen.add(message.id);
-  lastId = Math.max(lastId, message.id);
+// ---- client ids ------------------------------------------------------------
+
+// crypto.randomUUID exists only in secure contexts (https, localhost,
+// 127.0.0.1); a plain-http LAN address has crypto.getRandomValues only.
+function newClientId() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+  bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+// ---- times and days (the reader's local time) ------------------------------
+
+function localDay(when) {
+  return `${when.getFullYear()}-${when.getMonth()}-${when.getDate()}`;
+}
+
+function dayLabel(when) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (localDay(when) === localDay(today)) return "Today";
+  if (localDay(when) === localDay(yesterday)) return "Yesterday";
+  return when.toLocaleDateString([], { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+}
+
+function daySeparator(when) {
   const item = document.createElement("li");
+  item.className = "day";
+  item.dataset.day = localDay(when);
+  item.setAttribute("role", "separator");
+  item.textContent = dayLabel(when);
+  return item;
+}
+
+function timeElement(when, iso) {
+  const time = document.createElement("time");
+  time.dateTime = iso;
+  time.textContent = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  time.title = when.toLocaleString();
+  return time;
+}
+
+// ---- the log ---------------------------------------------------------------
+
+function remember(id) {
+  seen.add(id);
+  if (seen.size > SEEN_MAX) {
+    // A Set iterates in insertion order: drop the ids remembered first.
+    let excess = seen.size - SEEN_MAX;
+    for (const old of seen) {
+      if (excess-- <= 0) break;
+      seen.delete(old);
+    }
+  }
+}
+
+function messageItem(message) {
+  const when = new Date(message.ts);
+  const item = document.createElement("li");
+  // Only the backlog at join and "load older" pages are dimmed; messages
+  // resent to catch up after a reconnect look like live ones.
   item.className = message.history ? "message history" : "message";
   item.dataset.id = message.id;
-  const time = document.createElement("time");
-  time.dateTime = message.ts;
-  time.textContent = formatTime(message.ts);
   const user = document.createElement("span");
   user.className = "user";
   user.textContent = message.user;
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = message.message;
-  item.append(time, user, text);
-  const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 40;
-  log.append(item);
+  item.append(timeElement(when, message.ts), user, text);
+  return { item, when };
+}
+
+function firstPending() {
+  return log.querySelector(":scope > li.pending");
+}
+
+function isNearBottom() {
+  return log.scrollTop + log.clientHeight >= log.scrollHeight - 40;
+}
+
+// A new message, in id order: after every message shown so far, before the
+// pending ones (which are always last).
+function show(message) {
+  if (seen.has(message.id)) return;
+  remember(message.id);
+  lastId = Math.max(lastId, message.id);
+  lowestId = lowestId === null ? message.id : Math.min(lowestId, message.id);
+  // Our own message, acknowledged before it came: it replaces its stand-in.
+  const standIn = log.querySelector(`:scope > li.acked[data-id="${message.id}"]`);
+  if (standIn) standIn.remove();
+  const atBottom = isNearBottom();
+  const { item, when } = messageItem(message);
+  const before = firstPending();
+  if (localDay(when) !== lastDay) {
+    lastDay = localDay(when);
+    log.insertBefore(daySeparator(when), before);
+  }
+  log.insertBefore(item, before);
   if (atBottom) log.scrollTop = log.scrollHeight;
 }
+
+// An "older" page, oldest first, all older than anything shown: goes on
+// top, and the reader's view stays where it was.
+let olderBatch = [];
+
+function showOlder(messages) {
+  const fresh = messages.filter((m) => !seen.has(m.id));
+  if (!fresh.length) return;
+  const fromBottom = log.scrollHeight - log.scrollTop;
+  const batch = document.createDocumentFragment();
+  let day = null;
+  for (const message of fresh) {
+    remember(message.id);
+    lowestId = lowestId === null ? message.id : Math.min(lowestId, message.id);
+    const { item, when } = messageItem(message);
+    if (localDay(when) !== day) {
+      day = localDay(when);
+      batch.append(daySeparator(when));
+    }
+    batch.append(item);
+  }
+  const top = olderRow.nextElementSibling;
+  // The page's last day may go on into the first day already shown.
+  if (top && top.classList.contains("day") && top.dataset.day === day) top.remove();
+  if (lastDay === null) lastDay = day;
+  log.insertBefore(batch, olderRow.nextElementSibling);
+  log.scrollTop = log.scrollHeight - fromBottom;
+}
+
+function setOlderAvailable(more) {
+  olderRow.hidden = !more;
+  olderButton.disabled = false;
+  olderButton.textContent = "Load older messages";
+  loadingOlder = false;
+}
+
+olderButton.addEventListener("click", () => {
+  if (loadingOlder || lowestId === null || !isOpen()) return;
+  loadingOlder = true;
+  olderButton.disabled = true;
+  olderButton.textContent = "Loading…";
+  olderBatch = [];
+  socket.send(JSON.stringify({ before: lowestId }));
+});
+
+// ---- the outbox ------------------------------------------------------------
+
+function loadOutbox() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(OUTBOX_KEY) || "[]");
+    return Array.isArray(saved) ? saved.filter((e) => e && typeof e.clientId === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+function saveOutbox() {
+  const kept = outbox.map(({ clientId, message, user, ts }) => ({ clientId, message, user, ts }));
+  try {
+    if (kept.length) sessionStorage.setItem(OUTBOX_KEY, JSON.stringify(kept));
+    else sessionStorage.removeItem(OUTBOX_KEY);
+  } catch {
+    // Storage full or refused: the outbox still lives as long as the page.
+  }
+}
+
+function pendingItem(entry) {
+  const when = new Date(entry.ts);
+  const item = document.createElement("li");
+  item.className = "message pending";
+  item.dataset.clientId = entry.clientId;
+  const user = document.createElement("span");
+  user.className = "user";
+  user.textContent = entry.user || "anonymous";
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = entry.message;
+  const note = document.createElement("span");
+  note.className = "note";
+  note.textContent = "sending…";
+  item.append(timeElement(when, entry.ts), user, text, note);
+  return item;
+}
+
+function setNote(entry, text) {
+  if (entry.item) entry.item.querySelector(".note").textContent = text;
+}
+
+function findEntry(clientId) {
+  return outbox.find((entry) => entry.clientId === clientId);
+}
+
+function dropEntry(entry) {
+  const index = outbox.indexOf(entry);
+  if (index >= 0) outbox.splice(index, 1);
+  saveOutbox();
+}
+
+function sendEntry(entry) {
+  const frame = { message: entry.message, client_id: entry.clientId };
+  if (entry.user) frame.user = entry.user;
+  socket.send(JSON.stringify(frame));
+  entry.sentOn = generation;
+  entry.tries = (entry.tries || 0) + 1;
+}
+
+// Sends what the outbox holds and this connection has not sent yet, in
+// order. One waiting to be retried holds back those after it, so the room
+// sees them in the order they were typed.
+function pump() {
+  clearTimeout(resendTimer);
+  if (!isOpen()) return;
+  const now = Date.now();
+  for (const entry of outbox) {
+    if (entry.retryAt && entry.retryAt > now) {
+      resendTimer = setTimeout(pump, entry.retryAt - now);
+      return;
+    }
+    if (entry.sentOn !== generation) {
+      entry.retryAt = 0;
+      sendEntry(entry);
+    }
+  }
+}
+
+function resendLater(entry, note) {
+  entry.retries = (entry.retries || 0) + 1;
+  const ceiling = Math.min(RESEND_MAX_MS, RESEND_BASE_MS * 2 ** (entry.retries - 1));
+  const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+  entry.retryAt = Date.now() + delay;
+  entry.sentOn = null;
+  setNote(entry, `${note}; trying again in ${Math.ceil(delay / 1000)} s…`);
+  pump();
+}
+
+// The server refused the message for good: it leaves the outbox and its text
+// goes back to the user, in the message box if that is free (or still holds
+// it), otherwise in the log with a button to edit it.
+function giveBack(entry, reason) {
+  dropEntry(entry);
+  const boxIsFree = messageInput.value === "" || messageInput.value === entry.message;
+  if (boxIsFree) {
+    entry.item.remove();
+    messageInput.value = entry.message;
+    messageInput.focus();
+  } else {
+    entry.item.classList.replace("pending", "failed");
+    entry.item.dataset.clientId = "";
+    setNote(entry, `not sent: ${reason}`);
+    const edit = document.createElement("button");
+    edit.type = "button";
+    edit.className = "edit";
+    edit.textContent = "Edit";
+    edit.addEventListener("click", () => {
+      entry.item.remove();
+      messageInput.value = entry.message;
+      messageInput.focus();
+    });
+    entry.item.querySelector(".note").append(edit);
+  }
+  if (heldClientId === entry.clientId) heldClientId = null;
+  showError(`Not sent: ${reason}`, true);
+}
+
+function onAck(frame) {
+  const entry = findEntry(frame.ack);
+  if (!entry) return; // acknowledged already (a resend's second ack)
+  dropEntry(entry);
+  if (heldClientId === entry.clientId) {
+    heldClientId = null;
+    if (messageInput.value === entry.message) messageInput.value = "";
+  }
+  if (typeof frame.id === "number" && !seen.has(frame.id)) {
+    // The message itself is on its way (or comes with a resync): until then
+    // the item stands for it, as sent, after the messages shown so far. Its
+    // id is not the cursor's: messages before it may still be on their way.
+    entry.item.dataset.id = frame.id;
+    entry.item.className = "message acked";
+    entry.item.querySelector(".note").remove();
+    log.insertBefore(entry.item, firstPending());
+  } else {
+    entry.item.remove();
+  }
+}
+
+function onRefused(frame) {
+  const entry = findEntry(frame.client_id);
+  if (!entry) {
+    showError(frame.error);
+    return;
+  }
+  if (RETRY_LATER.has(frame.code)) {
+    // store_failed: the database refused it, nothing was stored; the server
+    // asks for it again later, so the outbox retries by itself, with
+    // backoff, for as long as the page is open (a resend is stored once
+    // however often it is sent). broadcast_failed: stored, not relayed; the
+    // resend is acknowledged as a duplicate and the message comes by resync.
+    showError(frame.error);
+    resendLater(entry, frame.code === "store_failed" ? "not stored yet" : "not delivered live yet");
+  } else if (frame.code === "rate_limited" && !entry.fresh) {
+    // A backlog resent after a reconnect can outrun the rate limit by
+    // itself; the user did nothing wrong, so it goes out a little later.
+    resendLater(entry, "waiting for the rate limit");
+  } else {
+    giveBack(entry, frame.error);
+  }
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = messageInput.value;
+  if (!text.trim()) return;
+  hideError();
+  const held = heldClientId && findEntry(heldClientId);
+  if (held && held.message === text) {
+    pump(); // Enter again on a message already on its way: no second copy
+    return;
+  }
+  const user = userInput.value.trim();
+  localStorage.setItem(NICKNAME_KEY, user);
+  const entry = { clientId: newClientId(), message: text, user, ts: new Date().toISOString() };
+  entry.item = pendingItem(entry);
+  const waiting = outbox.length > 0 && outbox.some((e) => e.sentOn !== generation);
+  entry.fresh = isOpen() && !waiting;
+  outbox.push(entry);
+  saveOutbox();
+  heldClientId = entry.clientId;
+  log.append(entry.item);
+  log.scrollTop = log.scrollHeight;
+  if (!isOpen()) setNote(entry, "sending when connected…");
+  pump();
+  messageInput.focus();
+});
+
+// Whatever a previous load of this tab left unacknowledged.
+for (const entry of outbox) {
+  entry.item = pendingItem(entry);
+  log.append(entry.item);
+}
+
+// ---- the connection --------------------------------------------------------
 
 function socketUrl() {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
@@ -72,30 +444,65 @@ function socketUrl() {
   return `${scheme}//${window.location.host}/ws/chat/${encodeURIComponent(config.room)}/${since}`;
 }
 
+function onPageEnd(frame) {
+  if (frame.page === "history") {
+    setOlderAvailable(Boolean(frame.more));
+  } else if (frame.page === "older") {
+    showOlder(olderBatch);
+    olderBatch = [];
+    setOlderAvailable(Boolean(frame.more));
+  } else if (frame.page === "resync" && frame.more) {
+    // More missed messages wait on the server: ask for the next page.
+    const since = typeof frame.last === "number" ? frame.last : lastId;
+    if (isOpen()) socket.send(JSON.stringify({ since }));
+  }
+}
+
+function onFrame(data) {
+  if (data === null || typeof data !== "object") return;
+  if (typeof data.ack === "string") onAck(data);
+  else if (typeof data.error === "string") {
+    if (typeof data.client_id === "string") onRefused(data);
+    else showError(data.error);
+  } else if (typeof data.page === "string") onPageEnd(data);
+  else if (typeof data.id === "number") {
+    if (loadingOlder && data.history && (lowestId === null || data.id < lowestId)) olderBatch.push(data);
+    else show(data);
+  }
+  // Anything else is a frame from a newer server: ignored.
+}
+
 function connect() {
   clearTimeout(retryTimer);
-  if (!navigator.onLine) {
-    setStatus("offline");
-    return; // the "online" event brings us back
-  }
-  setStatus(attempts ? "reconnecting" : "connecting");
-  socket = new WebSocket(socketUrl());
-  socket.addEventListener("open", () => {
-    attempts = 0;
+  retryTimer = null;
+  generation += 1;
+  const current = new WebSocket(socketUrl());
+  socket = current;
+  statusFromSocket();
+  current.addEventListener("open", () => {
     setStatus("connected");
+    clearTimeout(stableTimer);
+    stableTimer = setTimeout(() => { attempts = 0; }, STABLE_AFTER_MS);
+    for (const entry of outbox) setNote(entry, "sending…");
+    pump();
   });
-  socket.addEventListener("message", (event) => {
+  current.addEventListener("message", (event) => {
+    if (statusBadge.dataset.state !== "connected") statusFromSocket();
     let data;
     try {
       data = JSON.parse(event.data);
     } catch {
       return;
     }
-    if (data.error) showError(data.error);
-    else if (typeof data.id === "number") show(data);
+    onFrame(data);
   });
-  socket.addEventListener("close", () => {
+  current.addEventListener("close", () => {
+    if (socket !== current) return;
     socket = null;
+    clearTimeout(stableTimer);
+    clearTimeout(resendTimer);
+    if (loadingOlder) setOlderAvailable(true); // the request died with the socket
+    for (const entry of outbox) setNote(entry, "sending when connected…");
     scheduleReconnect();
   });
 }
@@ -106,29 +513,17 @@ function scheduleReconnect() {
   // server does not come back in the same instant.
   const ceiling = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (attempts - 1));
   const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-  setStatus(navigator.onLine ? "reconnecting" : "offline");
+  statusFromSocket();
   retryTimer = setTimeout(connect, delay);
 }
 
 window.addEventListener("online", () => {
-  if (!socket) connect();
+  if (socket) {
+    statusFromSocket(); // the socket lived through the blip: say so
+  } else if (retryTimer !== null) {
+    connect(); // the network is back: no need to wait out the backoff
+  }
 });
 window.addEventListener("offline", () => setStatus("offline"));
-
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  const text = messageInput.value;
-  if (!text.trim()) return;
-  if (!socket || socket.readyState !== WebSocket.OPEN) {
-    // Keep the text in the box: nothing typed is lost while offline.
-    showError("Not connected: the message was not sent. It is still in the box; send it again once connected.");
-    return;
-  }
-  const user = userInput.value.trim();
-  localStorage.setItem(NICKNAME_KEY, user);
-  socket.send(JSON.stringify(user ? { message: text, user } : { message: text }));
-  messageInput.value = "";
-  messageInput.focus();
-});
 
 connect();
