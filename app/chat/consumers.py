@@ -1,43 +1,126 @@
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 
 from . import metrics, protocol
 from .dispatch import RelayDispatchMixin
-from .models import Message
+from .models import Message, Room
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
 
+# How long a message numbered past the next one waits for the ones before it
+# (published by another app process, they are usually a few milliseconds
+# behind) before the connection reads them from the database.
+GAP_WAIT_SECONDS = 0.5
+# Messages held while waiting, at most; past it the connection reads at once.
+HELD_MAX = 200
+
+
+@dataclass(frozen=True)
+class Page:
+    messages: list
+    more: bool  # another page waits (newer for "after", older for "before")
+    room_seq: int  # the room's last seq, read before the messages
+    latest: int  # the room's last message id when read (when the page reaches the end)
+
+
+def room_seq(room):
+    return Room.objects.filter(name=room).values_list("last_seq", flat=True).first() or 0
+
+
+def latest_id(room):
+    return Message.objects.filter(room=room).order_by("-id").values_list("id", flat=True).first() or 0
+
 
 @database_sync_to_async
-def load_backlog(room, since):
-    """The messages a joining client gets first, oldest first.
+def read_after(room, cursor):
+    """The room's next CHAT_RESYNC_LIMIT messages after id `cursor`, oldest first.
 
-    Without `since`, the room's latest CHAT_HISTORY_LIMIT messages. With it,
-    the first CHAT_RESYNC_LIMIT messages after `since`: a client that missed
-    more reconnects with the last id it got and receives the next ones.
+    The room's seq is read first: every message numbered up to it was
+    committed before the messages are read, so none of them is missed.
     """
+    seq = room_seq(room)
+    limit = settings.CHAT_RESYNC_LIMIT
+    rows = list(Message.objects.filter(room=room, id__gt=cursor).order_by("id")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, more, seq, rows[-1].id if rows else latest_id(room))
+
+
+@database_sync_to_async
+def read_before(room, cursor):
+    """The CHAT_HISTORY_LIMIT messages before id `cursor` (None: the latest), oldest first."""
+    seq = room_seq(room)
+    limit = settings.CHAT_HISTORY_LIMIT
     messages = Message.objects.filter(room=room)
-    if since is not None:
-        return list(messages.filter(id__gt=since).order_by("id")[: settings.CHAT_RESYNC_LIMIT])
-    if settings.CHAT_HISTORY_LIMIT == 0:
-        return []
-    return list(reversed(messages.order_by("-id")[: settings.CHAT_HISTORY_LIMIT]))
+    if cursor is not None:
+        messages = messages.filter(id__lt=cursor)
+    rows = list(messages.order_by("-id")[: limit + 1]) if limit else []
+    more = len(rows) > limit if limit else messages.exists()
+    rows = list(reversed(rows[:limit]))
+    return Page(rows, more, seq, latest_id(room) if cursor is None else 0)
 
 
 @database_sync_to_async
 def store(room, incoming):
-    return Message.objects.create(room=room, user=incoming.user, text=incoming.text)
+    return Message.objects.post(room, incoming.user, incoming.text, incoming.client_id)
+
+
+# Rooms whose broadcast failed, each with the task that tells the room's
+# connections, once the channel layer takes messages again, to read what they
+# missed from the database. Kept here so that a sender that leaves does not
+# take the reminder with it.
+_pending_resyncs = {}
+RESYNC_RETRY_SECONDS = 1.0
+RESYNC_RETRY_ATTEMPTS = 600
+
+
+def resync_group_later(channel_layer, group):
+    if group not in _pending_resyncs:
+        _pending_resyncs[group] = asyncio.create_task(_resync_group(channel_layer, group))
+
+
+async def _resync_group(channel_layer, group):
+    try:
+        for _ in range(RESYNC_RETRY_ATTEMPTS):
+            await asyncio.sleep(RESYNC_RETRY_SECONDS)
+            try:
+                await channel_layer.group_send(group, {"type": "chat.resync"})
+            except Exception:
+                continue
+            return
+        logger.error("Gave up telling group %s to resync; its clients catch up when they reconnect", group)
+    finally:
+        del _pending_resyncs[group]
 
 
 class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
-    """One websocket in one room: replays the backlog, then relays the room's messages."""
+    """One websocket in one room: replays the backlog, then relays the room's messages.
+
+    Every message a client gets has a higher id than the one before (a
+    room's messages commit in id order, see Room), and each message it gets
+    once. The connection keeps the last id and the last room seq it sent: a
+    live message with the next seq goes out at once, one from further ahead
+    waits a moment for the ones before it (another app process may publish
+    later than this one) and then the connection reads the missing ones from
+    the database. So does a connection whose channel layer lost messages
+    (chat.resync). A client that has more than a page to catch up pages
+    through them ({"since": <id>}); live messages wait for it meanwhile.
+    """
 
     counted_open = False  # whether chat_websockets_open counts this websocket
+    last_id = 0  # the id of the last message sent to this client
+    last_seq = 0  # the room seq this client has every message up to
+    behind = False  # paging through a resync: live messages come from the database
+    held = None  # seq -> chat.message event that came before the ones it follows
+    gap_task = None
 
     async def __call__(self, scope, receive, send):
         try:
@@ -47,6 +130,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             # at shutdown), its websocket stops counting as open.
             if self.counted_open:
                 metrics.websockets_open.dec()
+            if self.gap_task is not None:
+                self.gap_task.cancel()
 
     async def connect(self):
         self.room = self.scope["url_route"]["kwargs"]["room_name"]
@@ -73,16 +158,13 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         except protocol.ProtocolError as error:
             await self.send_error(str(error), error.code)
             since = None
-        if since is not None:
+        if since is None:
+            page = await read_before(self.room, None)
+            await self.send_page(page, "history", asked=False)
+            self.advance(page, more=False)
+        else:
             metrics.resyncs.inc()
-        backlog = await load_backlog(self.room, since)
-        for message in backlog:
-            await self.send(text_data=protocol.outgoing(message, history=True))
-        # Messages stored while the backlog was read may also be on their way
-        # through the group; these ids let chat_message skip them once.
-        # (None when there is nothing to skip: an idle connection stays small.)
-        self.replayed = frozenset(message.id for message in backlog) or None
-        self.replayed_until = backlog[-1].id if backlog else 0
+            await self.resync(since, asked=False)
 
     async def disconnect(self, code):
         if hasattr(self, "group"):
@@ -95,7 +177,13 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         try:
             incoming = protocol.parse_incoming(text_data, settings.CHAT_MESSAGE_MAX_LENGTH)
         except protocol.ProtocolError as error:
-            await self.send_error(str(error), error.code)
+            await self.send_error(str(error), error.code, error.client_id)
+            return
+        if isinstance(incoming, protocol.PageRequest):
+            if incoming.direction == "since":
+                await self.resync(incoming.cursor)
+            else:
+                await self.send_page(await read_before(self.room, incoming.cursor), "older")
             return
         metrics.messages_received.inc()
         if not self.bucket.take():
@@ -103,9 +191,24 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 f"Too many messages: at most {settings.CHAT_RATE_PER_SECOND:g} a second "
                 f"(bursts of {settings.CHAT_RATE_BURST}). This one was not sent.",
                 protocol.RATE_LIMITED,
+                incoming.client_id,
             )
             return
-        message = await store(self.room, incoming)
+        try:
+            message, created = await store(self.room, incoming)
+        except DatabaseError as error:
+            logger.error("Could not store a message in room %r: %s", self.room, error)
+            metrics.store_failures.inc()
+            await self.send_error(
+                "The chat could not save the message; it was not sent. Try again in a moment.",
+                protocol.STORE_FAILED,
+                incoming.client_id,
+            )
+            return
+        if incoming.client_id is not None:
+            await self.send(text_data=protocol.ack(incoming.client_id, message, duplicate=not created))
+        if not created:
+            return  # a resend of a message already stored, and broadcast then
         metrics.messages_stored.inc()
         try:
             # Serialized once here rather than once per receiving client.
@@ -113,7 +216,13 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             # receiver measure chat_delivery_seconds.
             await self.channel_layer.group_send(
                 self.group,
-                {"type": "chat.message", "id": message.id, "text": protocol.outgoing(message), "stored": time.time()},
+                {
+                    "type": "chat.message",
+                    "id": message.id,
+                    "seq": message.seq,
+                    "text": protocol.outgoing(message),
+                    "stored": time.time(),
+                },
             )
         except Exception:
             logger.exception("Could not broadcast message %s in room %r", message.id, self.room)
@@ -121,19 +230,52 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.send_error(
                 "The message was saved but could not be delivered live; it will appear when clients resync.",
                 protocol.BROADCAST_FAILED,
+                incoming.client_id,
             )
+            resync_group_later(self.channel_layer, self.group)
         else:
             metrics.messages_broadcast.inc()
 
-    async def send_error(self, text, code):
+    async def send_error(self, text, code, client_id=None):
         """Tells this client alone that the chat refused something; the connection stays open."""
         metrics.error_frames_by_code[code].inc()
-        await self.send(text_data=protocol.error(text, code))
+        await self.send(text_data=protocol.error(text, code, client_id))
+
+    async def send_page(self, page, kind, asked=True):
+        """Sends a page of messages and the frame that ends it.
+
+        The join's own backlog (asked=False) ends with that frame only when
+        more messages wait, so that a client written before pages existed
+        sees, in a small room, exactly the frames it always did.
+        """
+        history = kind != "resync"
+        for message in page.messages:
+            await self.send(text_data=protocol.outgoing(message, history=history, resync=not history))
+        if asked or page.more:
+            await self.send(text_data=protocol.page_end(kind, page.messages, page.more))
+
+    async def resync(self, since, asked=True):
+        """Sends the page after `since`; live messages wait while more pages follow."""
+        page = await read_after(self.room, since)
+        await self.send_page(page, "resync", asked)
+        self.advance(page, page.more)
+        self.behind = page.more
+
+    def advance(self, page, more):
+        """Records that this client has every message of `page` (and, at the end, the room up to now)."""
+        if page.messages:
+            self.last_id = max(self.last_id, page.messages[-1].id)
+            self.last_seq = max(self.last_seq, page.messages[-1].seq or 0)
+        if not more:
+            self.last_id = max(self.last_id, page.latest)
+            self.last_seq = max(self.last_seq, page.room_seq)
+        if self.held:
+            self.held = {seq: event for seq, event in self.held.items() if seq > self.last_seq} or None
 
     async def dispatch(self, message):
         # Channels runs close_old_connections() in a worker thread before
         # every handler. chat.message, the one sent to every client in the
-        # room, never touches the database (store() and load_backlog() close
+        # room, never touches the database (store() and the reads close
         # their own connections), and at thousands of deliveries a second
         # those thread hops were most of daphne's CPU time.
         if message["type"] == "chat.message":
@@ -142,19 +284,88 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await super().dispatch(message)
 
     async def chat_message(self, event):
-        if self.replayed:
-            if event["id"] in self.replayed:
-                return
-            if event["id"] > self.replayed_until:
-                self.replayed = None
+        if self.behind:
+            return  # the client is paging through a resync and gets this one from the database
+        seq = event.get("seq")
+        if event["id"] <= self.last_id:
+            # Sent already, from the backlog or a catch-up.
+            if seq is not None and seq > self.last_seq:
+                self.last_seq = seq
+                await self.release_held()
+            return
+        if seq is None or seq <= self.last_seq + 1:
+            # The next one (or one from an app server of a release before
+            # seqs, during a rolling deploy, which can only go by id).
+            await self.deliver(event)
+            await self.release_held()
+            return
+        # One or more messages before this one have not arrived yet.
+        if self.held is None:
+            self.held = {}
+        self.held[seq] = event
+        if len(self.held) > HELD_MAX:
+            await self.catch_up(metrics.catch_ups_for_gap)
+        elif self.gap_task is None:
+            self.gap_task = asyncio.create_task(self.wake_after_gap_wait())
+
+    async def deliver(self, event):
         await self.send(text_data=event["text"])
-        # Events from a server still running the previous release, during a
+        self.last_id = event["id"]
+        if event.get("seq") is not None:
+            self.last_seq = max(self.last_seq, event["seq"])
+        # Events from a server still running an older release, during a
         # rolling deploy, carry no "stored".
         stored = event.get("stored")
         if stored is not None:
             # Another app server's clock may be a little ahead; a negative
             # observation would look like a counter reset to Prometheus.
             metrics.delivery_seconds.observe(max(time.time() - stored, 0.0))
+
+    async def release_held(self):
+        while self.held and self.last_seq + 1 in self.held:
+            event = self.held.pop(self.last_seq + 1)
+            if event["id"] > self.last_id:
+                await self.deliver(event)
+            else:
+                self.last_seq += 1
+        if self.held:
+            self.held = {seq: event for seq, event in self.held.items() if seq > self.last_seq} or None
+        if not self.held and self.gap_task is not None:
+            self.gap_task.cancel()
+            self.gap_task = None
+
+    async def wake_after_gap_wait(self):
+        """After GAP_WAIT_SECONDS, has this consumer read what it still misses (chat.gap, through its own channel)."""
+        await asyncio.sleep(GAP_WAIT_SECONDS)
+        try:
+            await self.channel_layer.send(self.channel_name, {"type": "chat.gap"})
+        except Exception as error:
+            # The layer is down: when it is back, chat.resync does the same.
+            logger.warning("Could not wake connection %s to fill a gap: %s", self.channel_name, error)
+        finally:
+            self.gap_task = None
+
+    async def chat_gap(self, event):
+        if self.held and not self.behind:
+            await self.catch_up(metrics.catch_ups_for_gap)
+
+    async def chat_resync(self, event):
+        """The channel layer may have lost messages for this room: read them from the database."""
+        if not self.behind and hasattr(self, "group"):
+            await self.catch_up(metrics.catch_ups_for_layer)
+
+    async def catch_up(self, counter):
+        counter.inc()
+        page = await read_after(self.room, self.last_id)
+        for message in page.messages:
+            await self.send(text_data=protocol.outgoing(message))
+        self.advance(page, page.more)
+        if page.more:
+            # Over a page behind: the client pages through the rest.
+            self.behind = True
+            self.held = None
+            await self.send(text_data=protocol.page_end("resync", page.messages, True))
+        await self.release_held()
 
 
 class RefuseConsumer(AsyncWebsocketConsumer):

@@ -36,6 +36,16 @@ broadcast_failures = Counter(
     "chat_broadcast_failures_total", "Messages stored but not broadcast: the channel layer refused them."
 )
 resyncs = Counter("chat_resyncs_total", "Joins that resynced from a message id (?since=).")
+catch_ups = Counter(
+    "chat_catch_ups_total",
+    "Times a connection fetched missed messages from the database itself, by reason.",
+    ["reason"],
+)
+# A message numbered past the next one arrived and the missing ones did not follow in time.
+catch_ups_for_gap = catch_ups.labels(reason="gap")
+# The channel layer lost messages: its connection came back, or a broadcast failed.
+catch_ups_for_layer = catch_ups.labels(reason="layer")
+store_failures = Counter("chat_store_failures_total", "Messages the database refused to store.")
 
 error_frames = Counter("chat_error_frames_total", "Error frames sent to clients, by code.", ["code"])
 error_frames_by_code = {code: error_frames.labels(code=code) for code in protocol.ERROR_CODES}

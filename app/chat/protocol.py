@@ -1,9 +1,15 @@
 """The websocket protocol's rules, as plain functions the consumer and the tests share.
 
-A client sends {"message": "<text>", "user": "<nickname>"}; everyone in the
-room receives {"id", "room", "user", "message", "ts"}, with "history": true on
-messages replayed at join. Anything else gets {"error": "...", "code": "..."}:
-the text is for people and may change, the code is for programs and does not.
+A client sends {"message": "<text>", "user": "<nickname>", "client_id": "<its
+own id>"} (client_id optional); everyone in the room receives {"id", "seq",
+"room", "user", "message", "ts"}, with "history": true on messages replayed at
+join or asked for with {"before": <id>} and "resync": true on those sent after
+?since= or {"since": <id>}; each replayed batch ends with a page frame
+{"page", "more", "first", "last"}. A sender that gave a client_id gets
+{"ack": "<client_id>", "id", "seq"}. Anything refused gets {"error": "...",
+"code": "..."} (and the client_id it was about): the text is for people and
+may change, the code is for programs and does not. The README lists every
+frame.
 """
 
 import hashlib
@@ -29,6 +35,9 @@ BINARY_FRAME = "binary_frame"
 RATE_LIMITED = "rate_limited"
 INVALID_SINCE = "invalid_since"
 BROADCAST_FAILED = "broadcast_failed"
+STORE_FAILED = "store_failed"
+INVALID_CLIENT_ID = "invalid_client_id"
+INVALID_REQUEST = "invalid_request"
 ERROR_CODES = (
     MALFORMED_JSON,
     NOT_AN_OBJECT,
@@ -41,21 +50,41 @@ ERROR_CODES = (
     RATE_LIMITED,
     INVALID_SINCE,
     BROADCAST_FAILED,
+    STORE_FAILED,
+    INVALID_CLIENT_ID,
+    INVALID_REQUEST,
 )
+
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# What a name or a message may not hold: NUL and the other C0 controls but tab
+# and newlines (PostgreSQL refuses NUL outright; the rest garble a page), DEL,
+# and the C1 controls.
+FORBIDDEN_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+FORBIDDEN_IN_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ProtocolError(ValueError):
     """A client frame the chat refuses; str(error) is what the client is told, error.code which refusal it is."""
 
-    def __init__(self, text, code):
+    def __init__(self, text, code, client_id=None):
         super().__init__(text)
         self.code = code
+        self.client_id = client_id
 
 
 @dataclass(frozen=True)
 class IncomingMessage:
     user: str
     text: str
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """{"since": <id>} (the next resync page) or {"before": <id>} (older messages)."""
+
+    direction: str  # "since" or "before"
+    cursor: int
 
 
 def is_valid_room_name(name):
@@ -72,31 +101,66 @@ def group_name(room):
     return "chat." + hashlib.sha256(room.encode()).hexdigest()
 
 
+def has_lone_surrogate(text):
+    """True when text holds half of a UTF-16 pair ("\\ud800" in JSON), which no database stores."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_incoming(text_data, max_length):
-    """Validate one text frame from a client; raises ProtocolError."""
+    """Validate one text frame from a client: an IncomingMessage or a PageRequest; raises ProtocolError."""
     try:
         data = json.loads(text_data)
+    except RecursionError:
+        raise ProtocolError("The JSON is nested too deeply.", MALFORMED_JSON) from None
     except ValueError:
         raise ProtocolError('Malformed JSON: send an object like {"message": "hello"}.', MALFORMED_JSON) from None
     if not isinstance(data, dict):
         raise ProtocolError('Expected a JSON object like {"message": "hello"}.', NOT_AN_OBJECT)
+    if "message" not in data:
+        for direction in ("since", "before"):
+            if direction in data:
+                return PageRequest(direction, parse_cursor(data[direction], direction))
+    client_id = data.get("client_id")
+    if client_id is not None and not (isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)):
+        raise ProtocolError(
+            '"client_id" must be 1 to 64 letters, digits, "-" or "_" (a UUID, say).', INVALID_CLIENT_ID
+        )
     text = data.get("message")
     if not isinstance(text, str):
-        raise ProtocolError('"message" is required and must be a string.', INVALID_MESSAGE)
+        raise ProtocolError('"message" is required and must be a string.', INVALID_MESSAGE, client_id)
     if not text.strip():
-        raise ProtocolError("The message is empty.", EMPTY_MESSAGE)
+        raise ProtocolError("The message is empty.", EMPTY_MESSAGE, client_id)
     if len(text) > max_length:
         raise ProtocolError(
-            f"The message is {len(text)} characters long; the limit is {max_length}.", MESSAGE_TOO_LONG
+            f"The message is {len(text)} characters long; the limit is {max_length}.", MESSAGE_TOO_LONG, client_id
+        )
+    if has_lone_surrogate(text) or FORBIDDEN_IN_TEXT.search(text):
+        raise ProtocolError(
+            "The message holds a control character or half of a UTF-16 pair.", INVALID_MESSAGE, client_id
         )
     user = data.get("user")
     if user is None:
         user = ANONYMOUS
     elif not isinstance(user, str):
-        raise ProtocolError('"user" must be a string.', INVALID_USER)
+        raise ProtocolError('"user" must be a string.', INVALID_USER, client_id)
     elif len(user.strip()) > USER_MAX_LENGTH:
-        raise ProtocolError(f'"user" is limited to {USER_MAX_LENGTH} characters.', USER_TOO_LONG)
-    return IncomingMessage(user=user.strip() or ANONYMOUS, text=text)
+        raise ProtocolError(f'"user" is limited to {USER_MAX_LENGTH} characters.', USER_TOO_LONG, client_id)
+    elif has_lone_surrogate(user) or FORBIDDEN_IN_NAME.search(user):
+        raise ProtocolError(
+            '"user" holds a control character or half of a UTF-16 pair.', INVALID_USER, client_id
+        )
+    return IncomingMessage(user=user.strip() or ANONYMOUS, text=text, client_id=client_id)
+
+
+def parse_cursor(value, direction):
+    # bool is an int to Python, and True is not a message id.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProtocolError(f'"{direction}" must be a message id (a whole number, 0 or more).', INVALID_REQUEST)
+    return value
 
 
 def parse_since(query_string):
@@ -116,7 +180,7 @@ def parse_since(query_string):
     return since
 
 
-def outgoing(message, history=False):
+def outgoing(message, history=False, resync=False):
     """The JSON text every client in the room receives for a stored message."""
     payload = {
         "id": message.id,
@@ -125,11 +189,38 @@ def outgoing(message, history=False):
         "message": message.text,
         "ts": message.created.isoformat().replace("+00:00", "Z"),
     }
+    if message.seq is not None:  # None: stored before rooms numbered their messages
+        payload["seq"] = message.seq
     if history:
         payload["history"] = True
+    if resync:
+        payload["resync"] = True
     return json.dumps(payload, ensure_ascii=False)
 
 
-def error(text, code):
+def ack(client_id, message, duplicate=False):
+    """The frame that tells a sender its message is stored (and under which id)."""
+    payload = {"ack": client_id, "id": message.id, "seq": message.seq}
+    if duplicate:
+        payload["duplicate"] = True
+    return json.dumps(payload)
+
+
+def page_end(kind, messages, more):
+    """Ends a replayed batch: kind is "history", "resync" or "older"; more says whether another page waits."""
+    return json.dumps(
+        {
+            "page": kind,
+            "more": more,
+            "first": messages[0].id if messages else None,
+            "last": messages[-1].id if messages else None,
+        }
+    )
+
+
+def error(text, code, client_id=None):
     """The frame that tells one client why the chat refused something: a text for people, a code for programs."""
-    return json.dumps({"error": text, "code": code})
+    payload = {"error": text, "code": code}
+    if client_id is not None:
+        payload["client_id"] = client_id
+    return json.dumps(payload)

@@ -87,3 +87,44 @@ def plain_static_storage(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+def run_as_postgres(command):
+    """PostgreSQL refuses to run as root: as root, run its tools as the postgres user Debian's package creates."""
+    import os
+
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    return subprocess.run(command, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL: a private cluster of Debian's postgresql on a free port, with a database `chat`."""
+    import glob
+    import os
+    import tempfile
+    from pathlib import Path
+
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bindirs:
+        pytest.fail("PostgreSQL is not installed (apt-get install postgresql).")
+    bindir = bindirs[-1]
+    # Not under pytest's own temporary directory, which only root may enter.
+    data = Path(tempfile.mkdtemp(prefix="chat-test-postgres-"))
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+    run_as_postgres([f"{bindir}/initdb", "-D", str(data), "-U", "chat", "--auth=trust", "-E", "UTF8"])
+    run_as_postgres(
+        [
+            f"{bindir}/pg_ctl", "-D", str(data), "-l", str(data / "log"), "-w", "start",
+            "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off",
+        ]
+    )
+    try:
+        run_as_postgres([f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "chat", "chat"])
+        yield f"postgresql://chat@127.0.0.1:{port}/chat"
+    finally:
+        run_as_postgres([f"{bindir}/pg_ctl", "-D", str(data), "-m", "immediate", "stop"])
+        shutil.rmtree(data, ignore_errors=True)

@@ -12,7 +12,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from chat.models import Message
+from chat.models import Message, Room
 from chatsite.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,7 +38,21 @@ async def joined(path, origin=ORIGIN):
 
 @database_sync_to_async
 def store(room, *texts, user="earlier"):
-    return [Message.objects.create(room=room, user=user, text=text).id for text in texts]
+    """Stores messages as the chat does, but broadcasts nothing: as if each sender's broadcast failed."""
+    return [Message.objects.post(room, user, text)[0].id for text in texts]
+
+
+@database_sync_to_async
+def store_many(room, count):
+    """Stores `count` numbered messages in one go (the ids and seqs post() would give them)."""
+    room_row, _ = Room.objects.get_or_create(name=room)
+    first = room_row.last_seq
+    messages = Message.objects.bulk_create(
+        Message(room=room, seq=first + n + 1, user="earlier", text=f"m{n}") for n in range(count)
+    )
+    room_row.last_seq = first + count
+    room_row.save()
+    return sorted(message.id for message in messages)
 
 
 @database_sync_to_async
@@ -93,6 +107,13 @@ async def test_joining_client_gets_recent_history_oldest_first(channel_layer, se
         history = [await receive(ann) for _ in range(50)]
         assert [m["message"] for m in history] == [f"old {n}" for n in range(10, 60)]
         assert all(m["history"] is True for m in history)
+        # Older messages wait: the page may offer them ({"before": <id>}).
+        assert await receive(ann) == {
+            "page": "history",
+            "more": True,
+            "first": history[0]["id"],
+            "last": history[-1]["id"],
+        }
         assert await ann.receive_nothing(timeout=0.3)
         # Live messages follow the history, without the marker.
         await ann.send_json_to({"message": "now"})
@@ -107,21 +128,72 @@ async def test_reconnecting_with_since_gets_exactly_what_was_missed(channel_laye
         got = [await receive(ann), await receive(ann)]
         assert [m["id"] for m in got] == [second, third]
         assert [m["message"] for m in got] == ["missed 1", "missed 2"]
-        assert all(m["history"] for m in got)
+        # Marked as resynced, not as history: the page shows them as it shows live ones.
+        assert all(m["resync"] is True and "history" not in m for m in got)
+        # All there was: no page frame, exactly the frames clients always got.
         assert await ann.receive_nothing(timeout=0.3)
     async with joined(f"/ws/chat/lobby/?since={third}") as bob:
         assert await bob.receive_nothing(timeout=0.3)
 
 
-async def test_resync_is_bounded_and_continues_where_it_stopped(channel_layer, settings):
+async def test_resync_is_paged_to_the_end_and_live_messages_wait_for_it(channel_layer, settings):
     settings.CHAT_RESYNC_LIMIT = 3
     ids = await store("lobby", *[f"m{n}" for n in range(8)])
-    async with joined(f"/ws/chat/lobby/?since={ids[0]}") as ann:
+    async with joined(f"/ws/chat/lobby/?since={ids[0]}") as ann, joined("/ws/chat/lobby/") as bob:
         got = [await receive(ann) for _ in range(3)]
         assert [m["id"] for m in got] == ids[1:4]
+        assert await receive(ann) == {"page": "resync", "more": True, "first": ids[1], "last": ids[3]}
+        # While ann is behind, a live message is not sent out of order...
+        assert [(await receive(bob))["id"] for _ in range(8)] == ids  # bob's history
+        await bob.send_json_to({"message": "live"})
+        live = await receive(bob)
         assert await ann.receive_nothing(timeout=0.3)
-    async with joined(f"/ws/chat/lobby/?since={got[-1]['id']}") as ann:
+        # ...but comes, in its place, with the pages ann asks for.
+        await ann.send_json_to({"since": ids[3]})
         assert [(await receive(ann))["id"] for _ in range(3)] == ids[4:7]
+        assert (await receive(ann))["more"] is True
+        await ann.send_json_to({"since": ids[6]})
+        last_page = [await receive(ann) for _ in range(2)]
+        assert [m["id"] for m in last_page] == [ids[7], live["id"]]
+        assert await receive(ann) == {"page": "resync", "more": False, "first": ids[7], "last": live["id"]}
+        # Caught up: live again, once each.
+        await bob.send_json_to({"message": "after"})
+        assert (await receive(ann))["message"] == "after"
+        assert await ann.receive_nothing(timeout=0.3)
+
+
+async def test_a_resync_of_1500_missed_messages_delivers_all_of_them_once(channel_layer):
+    ids = await store_many("lobby", 1501)
+    received = []
+    async with joined(f"/ws/chat/lobby/?since={ids[0]}") as ann:
+        while True:
+            frame = await receive(ann)
+            if "page" in frame:
+                if not frame["more"]:
+                    break
+                await ann.send_json_to({"since": frame["last"]})
+            else:
+                received.append(frame["id"])
+        assert await ann.receive_nothing(timeout=0.2)  # the first page had no closing frame: the last did
+    assert received == ids[1:]
+
+
+async def test_load_older_pages_backwards_to_the_first_message(channel_layer, settings):
+    settings.CHAT_HISTORY_LIMIT = 4
+    ids = await store("lobby", *[f"m{n}" for n in range(10)])
+    async with joined("/ws/chat/lobby/") as ann:
+        shown = [(await receive(ann))["id"] for _ in range(4)]
+        page = await receive(ann)
+        while page["more"]:
+            await ann.send_json_to({"before": shown[0]})
+            older = [await receive(ann) for _ in range(len(ids[: ids.index(shown[0])][-4:]))]
+            assert all(m["history"] for m in older)
+            page = await receive(ann)
+            assert page["page"] == "older" and page["last"] == older[-1]["id"]
+            shown = [m["id"] for m in older] + shown
+        assert shown == ids
+        await ann.send_json_to({"before": ids[0]})
+        assert await receive(ann) == {"page": "older", "more": False, "first": None, "last": None}
 
 
 async def test_invalid_since_gets_an_error_and_the_default_history(channel_layer):
@@ -145,6 +217,17 @@ BAD_FRAMES = {
     "message_over_the_length_limit": (json.dumps({"message": "x" * 2001}), "message_too_long"),
     "non_string_user": (json.dumps({"message": "hi", "user": ["ann"]}), "invalid_user"),
     "user_over_32_characters": (json.dumps({"message": "hi", "user": "u" * 33}), "user_too_long"),
+    # These used to end the connection with a traceback.
+    "deeply_nested_json": ("[" * 100000, "malformed_json"),
+    "lone_surrogate_in_message": (json.dumps({"message": "half \ud800 a pair"}), "invalid_message"),
+    "nul_in_message": (json.dumps({"message": "nul \u0000 here"}), "invalid_message"),
+    "lone_surrogate_in_user": (json.dumps({"message": "hi", "user": "\udfff"}), "invalid_user"),
+    "nul_in_user": (json.dumps({"message": "hi", "user": "system \u0000"}), "invalid_user"),
+    "client_id_with_spaces": (json.dumps({"message": "hi", "client_id": "a b"}), "invalid_client_id"),
+    "client_id_not_a_string": (json.dumps({"message": "hi", "client_id": 7}), "invalid_client_id"),
+    "since_not_a_number": (json.dumps({"since": "yesterday"}), "invalid_request"),
+    "before_negative": (json.dumps({"before": -1}), "invalid_request"),
+    "since_true": (json.dumps({"since": True}), "invalid_request"),
 }
 
 

@@ -1,0 +1,160 @@
+"""Delivery guarantees: acknowledged, idempotent sends, and every message to every client once, in order.
+
+Like test_consumer.py, every test runs once per channel layer (in-memory and
+both Redis layers against a real Redis).
+"""
+
+import asyncio
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+
+from chat import consumers, protocol
+from chat.models import Message
+
+from .test_consumer import joined, receive, store, stored_count
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_a_message_with_a_client_id_is_acknowledged_to_its_sender_only(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+        await ann.send_json_to({"message": "hello", "user": "ann", "client_id": "c-1"})
+        ack = await receive(ann)
+        live = await receive(ann)
+        assert ack == {"ack": "c-1", "id": live["id"], "seq": live["seq"]}
+        assert (await receive(bob))["id"] == live["id"]
+        assert await bob.receive_nothing(timeout=0.3)  # no ack for bob
+
+
+async def test_a_resent_message_is_stored_and_broadcast_once(channel_layer):
+    client_id = str(uuid.uuid4())
+    frame = {"message": "only once", "user": "ann", "client_id": client_id}
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+        await ann.send_json_to(frame)
+        first = await receive(ann)
+        assert (await receive(ann))["message"] == "only once"
+    # The ack was lost with the connection, say: the client sends again, from a new one.
+    async with joined(f"/ws/chat/lobby/?since={first['id']}") as ann:
+        await ann.send_json_to(frame)
+        assert await receive(ann) == {**first, "duplicate": True}
+        assert await ann.receive_nothing(timeout=0.3)
+    assert await stored_count() == 1
+    # The same client_id from another sender is another message.
+    async with joined(f"/ws/chat/lobby/?since={first['id']}") as cat:
+        await cat.send_json_to({**frame, "user": "cat"})
+        assert (await receive(cat))["id"] != first["id"]
+    assert await stored_count() == 2
+
+
+async def test_a_refusal_names_the_client_id_it_is_about(channel_layer, settings):
+    settings.CHAT_RATE_PER_SECOND = 0.01
+    settings.CHAT_RATE_BURST = 1
+    async with joined("/ws/chat/lobby/") as ann:
+        await ann.send_json_to({"message": "one", "client_id": "a"})
+        assert "ack" in await receive(ann)
+        await receive(ann)
+        await ann.send_json_to({"message": "two", "client_id": "b"})
+        refused = await receive(ann)
+        assert refused["code"] == "rate_limited" and refused["client_id"] == "b"
+        await ann.send_json_to({"message": "x" * 5000, "client_id": "c"})
+        refused = await receive(ann)
+        assert refused["code"] == "message_too_long" and refused["client_id"] == "c"
+
+
+async def test_a_message_the_database_refuses_gets_an_error_and_the_connection_stays_open(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann:
+        # A real refusal: the table the message needs is gone for a moment.
+        await database_sync_to_async(rename_table)("chat_room", "chat_room_away")
+        try:
+            await ann.send_json_to({"message": "not now", "client_id": "c-1"})
+            refused = await receive(ann)
+        finally:
+            await database_sync_to_async(rename_table)("chat_room_away", "chat_room")
+        assert refused["code"] == "store_failed" and refused["client_id"] == "c-1"
+        assert await stored_count() == 0
+        # Sent again, it goes through on the same connection.
+        await ann.send_json_to({"message": "not now", "client_id": "c-1"})
+        assert (await receive(ann))["ack"] == "c-1"
+        assert (await receive(ann))["message"] == "not now"
+
+
+def rename_table(old, new):
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+
+async def test_a_message_whose_broadcast_never_came_is_read_from_the_database_in_its_place(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+        # Stored, but its sender's broadcast failed (store() broadcasts nothing)...
+        (lost,) = await store("lobby", "lost on the way")
+        # ...and the next message is broadcast: every client notices the gap.
+        await bob.send_json_to({"message": "next"})
+        for client in (ann, bob):
+            got = [await receive(client), await receive(client)]
+            assert [m["id"] for m in got] == [lost, got[1]["id"]] and lost < got[1]["id"]
+            assert [m["message"] for m in got] == ["lost on the way", "next"]
+            assert await client.receive_nothing(timeout=consumers.GAP_WAIT_SECONDS + 0.2)
+
+
+async def test_messages_that_arrive_out_of_order_go_out_in_order(channel_layer):
+    layer = get_channel_layer()
+    async with joined("/ws/chat/lobby/") as ann:
+        # Two messages broadcast by two app processes, the second arriving first.
+        first, second = await database_sync_to_async(post_pair)("lobby")
+        gaps_before = metric_value(consumers.metrics.catch_ups_for_gap)
+        for message in (second, first):
+            await layer.group_send(protocol.group_name("lobby"), event(message))
+        got = [await receive(ann), await receive(ann)]
+        assert [m["id"] for m in got] == [first.id, second.id]
+        assert await ann.receive_nothing(timeout=consumers.GAP_WAIT_SECONDS + 0.2)
+        # The first one came in time: nothing was read from the database.
+        assert metric_value(consumers.metrics.catch_ups_for_gap) == gaps_before
+
+
+def metric_value(counter):
+    return counter._value.get()
+
+
+def post_pair(room):
+    return [Message.objects.post(room, "writer", text)[0] for text in ("a", "b")]
+
+
+def event(message):
+    return {"type": "chat.message", "id": message.id, "seq": message.seq, "text": protocol.outgoing(message)}
+
+
+async def test_a_resync_event_makes_connections_read_what_the_layer_lost(channel_layer):
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/kitchen/") as cook:
+        (lost,) = await store("lobby", "published while the layer was down")
+        await get_channel_layer().group_send(protocol.group_name("lobby"), {"type": "chat.resync"})
+        got = await receive(ann)
+        assert got["id"] == lost and "resync" not in got and "history" not in got
+        assert await ann.receive_nothing(timeout=0.3)
+        assert await cook.receive_nothing(timeout=0.1)
+
+
+async def test_a_connection_over_a_page_behind_after_a_layer_loss_pages_through(channel_layer, settings):
+    settings.CHAT_RESYNC_LIMIT = 2
+    async with joined("/ws/chat/lobby/") as ann:
+        lost = await store("lobby", "l1", "l2", "l3")
+        await get_channel_layer().group_send(protocol.group_name("lobby"), {"type": "chat.resync"})
+        assert [(await receive(ann))["id"] for _ in range(2)] == lost[:2]
+        assert await receive(ann) == {"page": "resync", "more": True, "first": lost[0], "last": lost[1]}
+        await ann.send_json_to({"since": lost[1]})
+        assert (await receive(ann))["id"] == lost[2]
+        assert (await receive(ann))["more"] is False
+
+
+async def test_a_broadcast_failure_tells_the_room_to_resync_once_the_layer_works(channel_layer, monkeypatch):
+    monkeypatch.setattr(consumers, "RESYNC_RETRY_SECONDS", 0.05)
+    async with joined("/ws/chat/lobby/") as ann:
+        layer = get_channel_layer()
+        (lost,) = await store("lobby", "stored, never broadcast")
+        consumers.resync_group_later(layer, protocol.group_name("lobby"))
+        assert (await receive(ann))["id"] == lost
+        await asyncio.sleep(0.1)
+        assert not consumers._pending_resyncs
