@@ -36,6 +36,10 @@ const RETRY_LATER = new Set(["store_failed", "broadcast_failed"]);
 
 const seen = new Set();
 let lastId = 0; // the cursor: the highest message id shown
+// Whether the room's backlog has arrived once: from then on every reconnect
+// asks for what came after the cursor, ?since=0 included (a room that was
+// empty at join), so nothing said since is taken for history.
+let joined = false;
 let lowestId = null; // the oldest message shown, for "load older"
 let lastDay = null; // local day of the newest message shown, for separators
 let socket = null;
@@ -440,12 +444,14 @@ for (const entry of outbox) {
 
 function socketUrl() {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-  const since = lastId ? `?since=${lastId}` : "";
+  const since = joined || lastId ? `?since=${lastId}` : "";
   return `${scheme}//${window.location.host}/ws/chat/${encodeURIComponent(config.room)}/${since}`;
 }
 
 function onPageEnd(frame) {
   if (frame.page === "history") {
+    // (Unless the room had messages and none came: a history limit of 0.)
+    if (lastId || !frame.more) joined = true;
     setOlderAvailable(Boolean(frame.more));
   } else if (frame.page === "older") {
     showOlder(olderBatch);
