@@ -62,3 +62,14 @@ def person(browser, request):
         for index, page in enumerate(context.pages):
             page.screenshot(path=ARTIFACTS / f"{request.node.name}-{context.name}-{index}.png")
         context.close()
+
+
+@pytest.fixture
+def screenshot(request):
+    """Saves a page as it is now, for a state the end-of-test screenshots would miss."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+
+    def take(page, label):
+        page.screenshot(path=ARTIFACTS / f"{request.node.name}-{label}.png")
+
+    return take
