@@ -45,7 +45,7 @@ class Client:
 
     def receive(self, frame):
         data = json.loads(frame)
-        if "id" not in data:
+        if "message" not in data:  # an error or page frame
             return
         if data["id"] in self.seen:
             self.duplicates += 1
@@ -127,7 +127,8 @@ async def room_contents(url, origin):
             try:
                 while True:
                     data = json.loads(await asyncio.wait_for(socket.recv(), 2))
-                    contents[data["id"]] = data["message"]
+                    if "message" in data:  # not a page frame
+                        contents[data["id"]] = data["message"]
             except asyncio.TimeoutError:
                 pass
         if max(contents, default=0) == since:
