@@ -74,6 +74,9 @@ def test_a_message_typed_while_daphne_is_stopped_is_delivered_once(person, chat_
         page.goto(f"{chat_url}/chat/{room}/")
         connected(page)
     ann.fill("#chat-user-input", "ann")
+    send(bob, "anyone here?")
+    for page in (ann, bob):
+        expect(message(page, "anyone here?")).to_have_count(1, timeout=TIMEOUT)
 
     server_shell("supervisorctl", "stop", "daphne:*")
     try:

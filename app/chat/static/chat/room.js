@@ -38,8 +38,13 @@ const seen = new Set();
 let lastId = 0; // the cursor: the highest message id shown
 // Whether the room's backlog has arrived once: from then on every reconnect
 // asks for what came after the cursor, ?since=0 included (a room that was
-// empty at join), so nothing said since is taken for history.
+// empty at join), so nothing said since is taken for history. The server
+// ends the join's backlog with a page frame only when older messages exist,
+// so a connection that stayed open JOINED_AFTER_MS also counts: the backlog
+// comes right after the handshake, and if it was empty, ?since=0 is exact.
 let joined = false;
+const JOINED_AFTER_MS = 1500;
+let joinTimer = null;
 let lowestId = null; // the oldest message shown, for "load older"
 let lastDay = null; // local day of the newest message shown, for separators
 let socket = null;
@@ -489,6 +494,8 @@ function connect() {
     setStatus("connected");
     clearTimeout(stableTimer);
     stableTimer = setTimeout(() => { attempts = 0; }, STABLE_AFTER_MS);
+    clearTimeout(joinTimer);
+    joinTimer = setTimeout(() => { joined = true; }, JOINED_AFTER_MS);
     for (const entry of outbox) setNote(entry, "sending…");
     pump();
   });
@@ -506,6 +513,7 @@ function connect() {
     if (socket !== current) return;
     socket = null;
     clearTimeout(stableTimer);
+    clearTimeout(joinTimer);
     clearTimeout(resendTimer);
     if (loadingOlder) setOlderAvailable(true); // the request died with the socket
     for (const entry of outbox) setNote(entry, "sending when connected…");
