@@ -85,10 +85,10 @@ async def test_a_websocket_whose_consumer_fails_stops_counting_as_open(settings,
     # BZPOPMIN to end, and the failure is the consumer's, not the layer's.
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-    async def load_backlog(room, since):
+    async def read_before(room, cursor):
         raise RuntimeError("the database is gone")
 
-    monkeypatch.setattr(consumers, "load_backlog", load_backlog)
+    monkeypatch.setattr(consumers, "read_before", read_before)
     before = chat_samples()
     client = communicator("/ws/chat/lobby/")
     connected, _ = await client.connect(timeout=5)
