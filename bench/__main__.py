@@ -4,6 +4,8 @@
     connect URL   C clients connecting at once: accepted, refused by status, time to connect all
     compare       every configuration through a fixed set of scenarios -> results.md, latency.png
     search        per configuration, the highest rate with p99 <= 250 ms and nothing lost
+    churn [URL]   the churn soak: clients come and go for minutes while steady ones chat;
+                  Redis channels and clients, server RSS and open files before, during, after
 
 Only servers on this machine are loaded (loopback addresses; the demo
 container's published port is one). Every run is bounded: at most 20,000
@@ -17,10 +19,13 @@ import argparse
 import json
 import signal
 import sys
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
-from . import loadgen, report, suite
+from . import churn, loadgen, report, servers, suite
 from .memory import ContainerProcesses, LocalProcesses
+from .redis_probe import ContainerRedis, LocalRedis
 from .servers import REPO
 
 DEFAULT_URL = "http://127.0.0.1:8080/"
@@ -46,6 +51,22 @@ def _pids(text):
 
 def _rates(text):
     return [_positive_float(item) for item in text.split(",") if item.strip()]
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _local_config(text):
+    if text not in LOCAL_CONFIGS:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(LOCAL_CONFIGS)}")
+    return text
+
+
+LOCAL_CONFIGS = [name for name in suite.CONFIGS if name not in ("deployed", "bare")]
 
 
 def _configs(text):
@@ -206,6 +227,88 @@ def build_parser():
         "--max-steps", type=_positive_int, default=8, help="steps per configuration (default %(default)s)"
     )
     search.add_argument("--p99-limit", type=_positive_float, default=250.0, help="ms (default %(default)s)")
+
+    soak = modes.add_parser(
+        "churn",
+        parents=[generator],
+        help="the churn soak: connections come and go while steady clients chat; leaks and lost messages",
+        description=churn.__doc__.split("\n\n")[0],
+    )
+    soak.add_argument("url", nargs="?", default=DEFAULT_URL, help="the chat's site (default %(default)s, make demo's)")
+    soak.add_argument("--origin", help="Origin header (default: the URL's scheme and host)")
+    where = soak.add_argument_group("the server's side (what is read before, during and after)")
+    where.add_argument(
+        "--container",
+        default="chat-demo",
+        help="podman container of the deployed stack: its daphne processes and, with the REDIS_URL of "
+        "--env-file inside it, its Redis (default %(default)s; '' for none)",
+    )
+    where.add_argument(
+        "--container-process", default="bin/chat-daphne", help="server processes in --container (default %(default)s)"
+    )
+    where.add_argument(
+        "--env-file",
+        default="/etc/chat/chat.env",
+        help="in --container, the env file with REDIS_URL (default %(default)s)",
+    )
+    where.add_argument("--server-pids", type=_pids, help="local server pids instead of --container")
+    where.add_argument("--redis-url", help="a local Redis to read instead of --container's")
+    where.add_argument(
+        "--local",
+        type=_local_config,
+        help=f"start the chat here instead, in one process with a private redis-server: {', '.join(LOCAL_CONFIGS)} "
+        "(the URL and the options above are then ignored)",
+    )
+    load = soak.add_argument_group("load")
+    load.add_argument("--steady", type=_positive_int, default=100, help="clients that stay (default %(default)s)")
+    load.add_argument("--rooms", type=_positive_int, default=10, help="rooms they are dealt to (default %(default)s)")
+    load.add_argument(
+        "--senders", type=_positive_int, help="steady clients that send (default: max(rooms, ceil(rate/4)))"
+    )
+    load.add_argument(
+        "--rate", type=_positive_float, default=20.0, help="messages/s over all steady senders (default %(default)s)"
+    )
+    load.add_argument(
+        "--churn-rate",
+        type=_positive_float,
+        default=200.0,
+        help="connections opened (and closed) per second (default %(default)s)",
+    )
+    load.add_argument(
+        "--hold",
+        type=float,
+        default=1.0,
+        help="mean seconds a churning client stays, 0 to twice this (default %(default)s)",
+    )
+    load.add_argument(
+        "--abrupt",
+        type=_fraction,
+        default=0.25,
+        help="of the churning clients, leave without a close handshake (default %(default)s)",
+    )
+    load.add_argument(
+        "--churn-send",
+        type=_fraction,
+        default=0.1,
+        help="of the churning clients, send one message (default %(default)s)",
+    )
+    times = soak.add_argument_group("phases (seconds)")
+    times.add_argument(
+        "--warmup", type=float, default=30.0, help="churn before the 'warm' reading (default %(default)s)"
+    )
+    times.add_argument("--duration", type=_positive_float, default=300.0, help="the soak (default %(default)s)")
+    times.add_argument(
+        "--sample-interval",
+        type=_positive_float,
+        default=10.0,
+        help="between readings during the soak (default %(default)s)",
+    )
+    times.add_argument(
+        "--settle", type=float, default=5.0, help="after churn stops, before reading (default %(default)s)"
+    )
+    soak.add_argument("--json", type=Path, help="also write the figures to this file as JSON")
+    # A soak's server may be minutes behind when the senders stop: wait longer for the last deliveries.
+    soak.set_defaults(drain=30.0)
     return parser
 
 
@@ -270,6 +373,56 @@ def _single(options):
         options.json.write_text(json.dumps({"machine": report.machine_info(), **result}, indent=2) + "\n")
 
 
+def _churn(options):
+    """bench churn: against the deployed stack (or given pids and Redis), or a local server started here."""
+    with ExitStack() as stack:
+        if options.local:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-churn-")))
+            redis_server = stack.enter_context(servers.redis_server(workdir))
+            asgi, layer = options.local.split("-")
+            server = stack.enter_context(servers.chat_server(asgi, layer, redis_server.url, workdir))
+            url, processes, redis = server.url, LocalProcesses([server.pid]), LocalRedis(redis_server.url)
+        else:
+            url = options.url
+            if options.server_pids:
+                processes = LocalProcesses(options.server_pids)
+            else:
+                processes = (
+                    ContainerProcesses(options.container, options.container_process) if options.container else None
+                )
+            if options.redis_url:
+                redis = LocalRedis(options.redis_url)
+            else:
+                redis = ContainerRedis(options.container, options.env_file) if options.container else None
+            if processes is None:
+                processes = LocalProcesses([])
+        plan = churn.ChurnPlan(
+            url=url,
+            steady=options.steady,
+            rooms=options.rooms,
+            senders=options.senders or 0,
+            rate=options.rate,
+            churn_rate=options.churn_rate,
+            hold=options.hold,
+            abrupt=options.abrupt,
+            churn_send=options.churn_send,
+            warmup=options.warmup,
+            duration=options.duration,
+            sample_interval=min(options.sample_interval, options.duration),
+            settle=options.settle,
+            drain=options.drain,
+            workers=min(options.workers, options.steady),
+            connect_concurrency=options.connect_concurrency,
+            open_timeout=min(options.open_timeout, 120.0),
+            origin=options.origin or loadgen.default_origin(url),
+        )
+        figures = churn.run(plan, processes, redis)
+    print(churn.text_block(figures))
+    if options.json:
+        options.json.parent.mkdir(parents=True, exist_ok=True)
+        options.json.write_text(json.dumps({"machine": report.machine_info(), **figures}, indent=2) + "\n")
+
+
 def main(argv=None):
     parser = build_parser()
     options = parser.parse_args(argv)
@@ -284,6 +437,8 @@ def main(argv=None):
             _single(options)
         elif options.mode == "compare":
             suite.compare(options)
+        elif options.mode == "churn":
+            _churn(options)
         else:
             suite.search(options)
     except loadgen.PlanError as error:

@@ -95,9 +95,7 @@ class Plan:
 
     @property
     def ws_base(self):
-        parts = urlsplit(self.url)
-        scheme = "wss" if parts.scheme in {"https", "wss"} else "ws"
-        return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+        return ws_base(self.url)
 
     def room_of(self, client):
         """Clients are dealt to the rooms in turn; clients 0..S-1 are the senders."""
@@ -137,6 +135,13 @@ def default_senders(rate, clients, rooms=1):
     return min(clients, max(rooms, math.ceil(rate / SENDER_RATE)))
 
 
+def ws_base(url):
+    """The websocket URL a site's paths hang from: http://host:port/ -> ws://host:port."""
+    parts = urlsplit(url)
+    scheme = "wss" if parts.scheme in {"https", "wss"} else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
 def default_origin(url):
     parts = urlsplit(url)
     scheme = "https" if parts.scheme in {"https", "wss"} else "http"
@@ -147,11 +152,11 @@ class PlanError(ValueError):
     """A plan outside the caps or aimed off this machine; the message says which."""
 
 
-def check_plan(plan):
-    """Raise PlanError for a plan outside the caps, or aimed anywhere but this machine."""
-    parts = urlsplit(plan.url)
+def check_loopback(url):
+    """Raise PlanError unless url is http(s)/ws(s) to this machine (every address it resolves to is loopback)."""
+    parts = urlsplit(url)
     if parts.scheme not in {"http", "https", "ws", "wss"} or not parts.hostname:
-        raise PlanError(f"the URL must be http(s):// or ws(s)://HOST[:PORT]/, not {plan.url!r}")
+        raise PlanError(f"the URL must be http(s):// or ws(s)://HOST[:PORT]/, not {url!r}")
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 80)}
     except socket.gaierror as error:
@@ -161,6 +166,11 @@ def check_plan(plan):
             f"{parts.hostname} is not a loopback address: this benchmark only loads servers on this "
             "machine (127.0.0.0/8, ::1), such as the demo container's published port."
         )
+
+
+def check_plan(plan):
+    """Raise PlanError for a plan outside the caps, or aimed anywhere but this machine."""
+    check_loopback(plan.url)
     limits = [
         (1 <= plan.clients <= MAX_CLIENTS, f"clients must be 1..{MAX_CLIENTS}"),
         (1 <= plan.rooms <= min(MAX_ROOMS, plan.clients), f"rooms must be 1..{MAX_ROOMS} and at most the clients"),
@@ -204,12 +214,39 @@ class _Client:
         self.ws = self.seen = self.reader = None
 
 
-class _Worker:
+class PipeWorker:
+    """A worker process's side of its pipe: commands in from the parent, reports out."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.commands = asyncio.Queue()
+
+    def _on_command(self):
+        try:
+            self.commands.put_nowait(self.pipe.recv())
+        except (EOFError, OSError):  # the parent is gone: stop
+            asyncio.get_running_loop().remove_reader(self.pipe.fileno())
+            self.commands.put_nowait(("stop",))
+
+    async def _command(self, *expected):
+        command = await self.commands.get()
+        if command[0] not in expected:
+            raise RuntimeError(f"worker expected {expected}, got {command[0]!r}")
+        return command
+
+    def _report(self, *message):
+        # The event loop made the pipe non-blocking when it started watching
+        # it; a large report (every latency sample) must not fail with EAGAIN.
+        os.set_blocking(self.pipe.fileno(), True)
+        self.pipe.send(message)
+
+
+class _Worker(PipeWorker):
     """One process's share of the clients, driven by commands from the parent."""
 
     def __init__(self, plan, index, pipe):
+        super().__init__(pipe)
         self.plan = plan
-        self.pipe = pipe
         self.layout = plan.room_layout()
         names = plan.room_names
         self.clients = [
@@ -238,28 +275,6 @@ class _Worker:
         self.send_lag_max = 0.0
         self.closed_early = 0
         self.stopping = False
-        self.commands = asyncio.Queue()
-
-    # -- plumbing
-
-    def _on_command(self):
-        try:
-            self.commands.put_nowait(self.pipe.recv())
-        except (EOFError, OSError):  # the parent is gone: stop
-            asyncio.get_running_loop().remove_reader(self.pipe.fileno())
-            self.commands.put_nowait(("stop",))
-
-    async def _command(self, *expected):
-        command = await self.commands.get()
-        if command[0] not in expected:
-            raise RuntimeError(f"worker expected {expected}, got {command[0]!r}")
-        return command
-
-    def _report(self, *message):
-        # The event loop made the pipe non-blocking when it started watching
-        # it; a large report (every latency sample) must not fail with EAGAIN.
-        os.set_blocking(self.pipe.fileno(), True)
-        self.pipe.send(message)
 
     # -- phases
 
@@ -442,12 +457,12 @@ async def _sleep_until_ns(wall_ns):
         await asyncio.sleep(delay)
 
 
-def _worker_main(plan, index, pipe):
+def _worker_main(plan, index, pipe, worker_class=_Worker):
     """A worker process: its clients on one event loop (uvloop when installed)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends us
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    worker = _Worker(plan, index, pipe)
+    worker = worker_class(plan, index, pipe)
     try:
         import uvloop
     except ImportError:
@@ -460,16 +475,22 @@ def _worker_main(plan, index, pipe):
 # ---------------------------------------------------------------- the parent
 
 
-class _Workers:
-    """The worker processes and their pipes; always ended on the way out."""
+class Workers:
+    """The worker processes and their pipes; always ended on the way out.
 
-    def __init__(self, plan):
+    Each runs worker_class(plan, index, pipe).main() (bench.churn has its own).
+    """
+
+    def __init__(self, plan, worker_class=_Worker):
         context = multiprocessing.get_context("spawn")
         self.pipes, self.processes = [], []
         for index in range(plan.workers):
             parent_end, child_end = context.Pipe()
             process = context.Process(
-                target=_worker_main, args=(plan, index, child_end), name=f"bench-worker-{index}", daemon=True
+                target=_worker_main,
+                args=(plan, index, child_end, worker_class),
+                name=f"bench-worker-{index}",
+                daemon=True,
             )
             process.start()
             child_end.close()
@@ -558,7 +579,7 @@ def run(plan, memory=None):
     """
     check_plan(plan)
     readings = {"before_kib": None}
-    workers = _Workers(plan)
+    workers = Workers(plan)
     try:
         workers.gather("ready", timeout=60)
         readings["before_kib"] = _read_memory(memory)

@@ -7,8 +7,12 @@ pattern in their command line ("bin/chat-daphne" for the deployed demo's daphne
 processes; supervisorctl's "restart daphne:..." does not match it). A reading
 is the sum over all matched processes, in KiB, or None when it cannot be read:
 memory is reported when it can be, and never makes a run fail.
+
+read_processes() also gives each process's open files (the entries in
+/proc/PID/fd), for the churn soak (bench.churn), which watches both for leaks.
 """
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -44,15 +48,20 @@ class LocalProcesses:
 
     def read(self):
         """{pid: KiB} for the processes still alive, or None if none is."""
-        sizes = {}
+        return _sizes(self.read_processes())
+
+    def read_processes(self):
+        """{pid: {"rss_kib": KiB, "fds": open files}} for the processes still alive, or None."""
+        found = {}
         for pid in self.pids:
             try:
                 size = _vmrss_kib(Path(f"/proc/{pid}/status").read_text())
+                fds = len(os.listdir(f"/proc/{pid}/fd"))
             except OSError:
                 continue
             if size is not None:
-                sizes[pid] = size
-        return sizes or None
+                found[pid] = {"rss_kib": size, "fds": fds}
+        return found or None
 
 
 class ContainerProcesses:
@@ -66,6 +75,11 @@ class ContainerProcesses:
         return f"'{self.pattern}' processes in container {self.container}"
 
     def read(self):
+        """{pid: KiB} for the matching processes, or None."""
+        return _sizes(self.read_processes())
+
+    def read_processes(self):
+        """{pid: {"rss_kib": KiB, "fds": open files}} for the matching processes, or None."""
         try:
             done = subprocess.run(
                 [
@@ -86,11 +100,15 @@ class ContainerProcesses:
             return None
         if done.returncode != 0:
             return None
-        sizes = {}
+        found = {}
         for line in done.stdout.splitlines():
-            pid, size = line.split()
-            sizes[int(pid)] = int(size)
-        return sizes or None
+            pid, size, fds = line.split()
+            found[int(pid)] = {"rss_kib": int(size), "fds": int(fds)}
+        return found or None
+
+
+def _sizes(processes):
+    return {pid: figures["rss_kib"] for pid, figures in processes.items()} if processes else None
 
 
 def total_kib(reading):

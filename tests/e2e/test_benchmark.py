@@ -4,10 +4,13 @@ Runs `python -m bench run` as scripts/bench would, once against the deployed
 chat (CHAT_URL, make demo's by default) and once against the bare reference
 server started here, and checks that the run completed and accounted for
 every message. The figures themselves (latency, throughput) are reported,
-never asserted: they depend on the machine.
+never asserted: they depend on the machine. The churn soak runs for a few
+seconds against the deployed chat, reading its server (CHAT_CONTAINER) and
+its Redis; its targets are printed as PASS/FAIL lines, not asserted.
 """
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -97,3 +100,42 @@ def test_the_comparison_measures_the_deployed_stack_against_the_bare_server(chat
     assert "| deployed | one room, 100 clients |" in markdown
     assert "KiB per idle connection" in markdown
     assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_churn_soak_reads_the_deployed_server_and_checks_every_message(chat_url, tmp_path):
+    """`bench churn` at a tiny size: churns, reads Redis and each daphne process in every phase, judges the targets."""
+    out = tmp_path / "churn.json"
+    container = os.environ.get("CHAT_CONTAINER", "chat-demo")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "churn", chat_url + "/", "--container", container,
+         "--steady", "4", "--rooms", "2", "--rate", "2", "--churn-rate", "10", "--hold", "0.3",
+         "--warmup", "1", "--duration", "3", "--sample-interval", "1", "--settle", "1", "--drain", "10",
+         "--json", str(out)],
+        cwd=REPO,
+        check=True,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    print(done.stdout)
+    figures = json.loads(out.read_text())
+    assert [reading["phase"] for reading in figures["readings"]] == ["before", "warm", "after soak", "after"]
+    assert figures["samples"], "no reading during the soak"
+    for reading in figures["readings"] + figures["samples"]:
+        assert "error" not in reading["redis"], reading["redis"]
+        assert reading["redis"]["clients"] >= 1 and len(reading["redis"]["numsub"]) == 2
+        assert len(reading["processes"]) >= 1 and all(
+            process["rss_kib"] > 0 and process["fds"] > 0 for process in reading["processes"].values()
+        ), reading["processes"]
+    assert figures["churn"]["opened"] > 0, figures["churn"]
+    steady = figures["steady"]
+    assert steady["connected"] == 4 and steady["sent"] > 0 and steady["deliveries"] > 0, steady
+    assert [target for _, target, _ in figures["targets"]] == [
+        "0 Redis pub/sub channels left over",
+        "0 Redis clients left over",
+        "RSS after the soak within 5% of after warm-up",
+        "0 messages lost or repeated for the steady clients",
+    ]
+    assert all(passed is not None for passed, _, _ in figures["targets"]), figures["targets"]
+    verdicts = [line.split()[0] for line in done.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert len(verdicts) == 4, done.stdout
