@@ -59,12 +59,23 @@ let loadingOlder = false;
 // The outbox: messages sent but not yet acknowledged, oldest first. Kept in
 // sessionStorage (this tab only), so a reload resends them instead of losing
 // them. Each: {clientId, message, user, ts} plus what this page load knows:
-// sentOn (the connection generation it was last sent on), retryAt, tries,
-// fresh (sent the moment it was typed, on an open socket), item (its <li>).
+// sentOn (the connection generation it was last sent on), retryAt and
+// retries (resending later), maybeStored (sent at least once, or left by an
+// earlier load), fresh (sent the moment it was typed, on an open socket) and
+// item (its <li>).
 const outbox = loadOutbox();
 // The outbox entry whose text is in the message box: the box is cleared
 // when that message is acknowledged, and only then.
 let heldClientId = null;
+// A message sent before a reconnect (or a reload) may have been stored with
+// its ack lost: the new connection's resync then brings it before the
+// resend's ack says which pending item it is. So after a reconnect, incoming
+// messages wait until every such resend is answered (or ANSWER_WAIT_MS),
+// and no message shows twice, not even for a moment.
+const ANSWER_WAIT_MS = 5000;
+let awaiting = null; // client ids whose answer holds incoming frames back
+let heldFrames = [];
+let answerTimer = null;
 
 userInput.value = localStorage.getItem(NICKNAME_KEY) || "";
 userInput.addEventListener("change", () => {
@@ -308,7 +319,7 @@ function sendEntry(entry) {
   if (entry.user) frame.user = entry.user;
   socket.send(JSON.stringify(frame));
   entry.sentOn = generation;
-  entry.tries = (entry.tries || 0) + 1;
+  entry.maybeStored = true;
 }
 
 // Sends what the outbox holds and this connection has not sent yet, in
@@ -359,6 +370,10 @@ function giveBack(entry, reason) {
     edit.className = "edit";
     edit.textContent = "Edit";
     edit.addEventListener("click", () => {
+      if (messageInput.value.trim() && messageInput.value !== entry.message) {
+        showError("Send or clear what is in the box first: Edit would replace it.");
+        return;
+      }
       entry.item.remove();
       messageInput.value = entry.message;
       messageInput.focus();
@@ -439,8 +454,10 @@ form.addEventListener("submit", (event) => {
   messageInput.focus();
 });
 
-// Whatever a previous load of this tab left unacknowledged.
+// Whatever a previous load of this tab left unacknowledged (and perhaps
+// stored, its ack lost with the page).
 for (const entry of outbox) {
+  entry.maybeStored = true;
   entry.item = pendingItem(entry);
   log.append(entry.item);
 }
@@ -459,9 +476,10 @@ function onPageEnd(frame) {
     if (lastId || !frame.more) joined = true;
     setOlderAvailable(Boolean(frame.more));
   } else if (frame.page === "older") {
+    // The button's row first: hiding it after would move the view.
+    setOlderAvailable(Boolean(frame.more));
     showOlder(olderBatch);
     olderBatch = [];
-    setOlderAvailable(Boolean(frame.more));
   } else if (frame.page === "resync" && frame.more) {
     // More missed messages wait on the server: ask for the next page.
     const since = typeof frame.last === "number" ? frame.last : lastId;
@@ -469,13 +487,47 @@ function onPageEnd(frame) {
   }
 }
 
+function holdUntilAnswered() {
+  const resent = outbox.filter((entry) => entry.maybeStored).map((entry) => entry.clientId);
+  if (!resent.length) return;
+  awaiting = new Set(resent);
+  clearTimeout(answerTimer);
+  answerTimer = setTimeout(releaseFrames, ANSWER_WAIT_MS);
+}
+
+function answered(clientId) {
+  if (awaiting && awaiting.delete(clientId) && awaiting.size === 0) releaseFrames();
+}
+
+function releaseFrames() {
+  clearTimeout(answerTimer);
+  awaiting = null;
+  const frames = heldFrames;
+  heldFrames = [];
+  for (const frame of frames) onRoomFrame(frame);
+}
+
 function onFrame(data) {
   if (data === null || typeof data !== "object") return;
-  if (typeof data.ack === "string") onAck(data);
-  else if (typeof data.error === "string") {
-    if (typeof data.client_id === "string") onRefused(data);
-    else showError(data.error);
-  } else if (typeof data.page === "string") onPageEnd(data);
+  if (typeof data.ack === "string") {
+    onAck(data);
+    answered(data.ack);
+  } else if (typeof data.error === "string") {
+    if (typeof data.client_id === "string") {
+      onRefused(data);
+      answered(data.client_id);
+    } else {
+      showError(data.error);
+    }
+  } else if (awaiting) {
+    heldFrames.push(data);
+  } else {
+    onRoomFrame(data);
+  }
+}
+
+function onRoomFrame(data) {
+  if (typeof data.page === "string") onPageEnd(data);
   else if (typeof data.id === "number") {
     if (loadingOlder && data.history && (lowestId === null || data.id < lowestId)) olderBatch.push(data);
     else show(data);
@@ -496,7 +548,11 @@ function connect() {
     stableTimer = setTimeout(() => { attempts = 0; }, STABLE_AFTER_MS);
     clearTimeout(joinTimer);
     joinTimer = setTimeout(() => { joined = true; }, JOINED_AFTER_MS);
-    for (const entry of outbox) setNote(entry, "sending…");
+    for (const entry of outbox) {
+      entry.retryAt = 0; // a new connection is a new chance for every one
+      setNote(entry, "sending…");
+    }
+    holdUntilAnswered();
     pump();
   });
   current.addEventListener("message", (event) => {
@@ -515,6 +571,11 @@ function connect() {
     clearTimeout(stableTimer);
     clearTimeout(joinTimer);
     clearTimeout(resendTimer);
+    // Held messages were not shown, so the cursor has not passed them: the
+    // next connection's resync brings them again.
+    clearTimeout(answerTimer);
+    awaiting = null;
+    heldFrames = [];
     if (loadingOlder) setOlderAvailable(true); // the request died with the socket
     for (const entry of outbox) setNote(entry, "sending when connected…");
     scheduleReconnect();
