@@ -547,7 +547,11 @@ function connect() {
     clearTimeout(stableTimer);
     stableTimer = setTimeout(() => { attempts = 0; }, STABLE_AFTER_MS);
     clearTimeout(joinTimer);
-    joinTimer = setTimeout(() => { joined = true; }, JOINED_AFTER_MS);
+    joinTimer = setTimeout(function quiet() {
+      // Not while the backlog may still be held back unshown.
+      if (awaiting) joinTimer = setTimeout(quiet, 500);
+      else joined = true;
+    }, JOINED_AFTER_MS);
     for (const entry of outbox) {
       entry.retryAt = 0; // a new connection is a new chance for every one
       setNote(entry, "sending…");
