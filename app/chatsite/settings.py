@@ -307,6 +307,9 @@ CHAT_HISTORY_LIMIT = env_int("CHAT_HISTORY_LIMIT", 50, minimum=0)
 CHAT_RESYNC_LIMIT = env_int("CHAT_RESYNC_LIMIT", 1000)
 CHAT_RATE_PER_SECOND = env_float("CHAT_RATE_PER_SECOND", 5.0)
 CHAT_RATE_BURST = env_int("CHAT_RATE_BURST", 10)
+# Messages older than this many days are deleted by `manage.py prune_messages`
+# (a timer on one app host); unset, empty or 0: kept forever.
+CHAT_RETENTION_DAYS = env_int("CHAT_RETENTION_DAYS", 0, minimum=0)
 
 # Prometheus metrics (chat/metrics.py). Each server process serves its own, on
 # CHAT_METRICS_ADDRESS and port CHAT_METRICS_PORT + CHAT_PROCESS_NUM
