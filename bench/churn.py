@@ -44,6 +44,7 @@ import hashlib
 import json
 import math
 import random
+import subprocess
 import time
 import uuid
 from array import array
@@ -56,6 +57,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as connect_sync
 
 from . import loadgen
+from .servers import REPO
 
 MAX_STEADY = 5_000
 MAX_ROOMS = 100
@@ -767,6 +769,17 @@ def _steady_figures(results):
     }
 
 
+def _checkout():
+    """The commit this checkout is at, "-dirty" when it has changes: the code a local server runs, and make demo deploys."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
 def summarize(plan, connects, results, readings, samples, phases, processes, redis):
     churn, refused, failed = Counter(), Counter(), Counter()
     for result in results:
@@ -779,6 +792,7 @@ def summarize(plan, connects, results, readings, samples, phases, processes, red
         "url": plan.url,
         "run_id": plan.run_id,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "checkout": _checkout(),
         "params": {
             "steady": plan.steady,
             "rooms": plan.rooms,
@@ -900,7 +914,8 @@ def text_block(figures):
     """The soak's figures as readable lines: the readings by phase, the samples, the targets."""
     params, churn, steady = figures["params"], figures["churn"], figures["steady"]
     lines = [
-        f"bench churn {figures['url']}  (run {figures['run_id']}, {figures['date']}, {params['workers']} worker processes)",
+        f"bench churn {figures['url']}  (run {figures['run_id']}, {figures['date']}, checkout {figures['checkout']}, "
+        f"{params['workers']} worker processes)",
         f"load        {params['steady']} steady clients in {params['rooms']} rooms, {params['senders']} senders at "
         f"{params['rate']:g} msg/s in all; churn {params['churn_rate']:g} connections/s (held 0-{2 * params['hold_s']:g} s, "
         f"{params['abrupt']:.0%} dropped without a close, {params['churn_send']:.0%} send one message), "
