@@ -394,8 +394,6 @@ def _churn(options):
                 redis = LocalRedis(options.redis_url)
             else:
                 redis = ContainerRedis(options.container, options.env_file) if options.container else None
-            if processes is None:
-                processes = LocalProcesses([])
         plan = churn.ChurnPlan(
             url=url,
             steady=options.steady,

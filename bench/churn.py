@@ -549,7 +549,8 @@ class _Probe:
 
     def read(self, label, **extra):
         reading = {"phase": label, "time": round(time.time(), 1), **extra}
-        reading["processes"] = {str(pid): figures for pid, figures in (self.processes.read_processes() or {}).items()}
+        found = self.processes.read_processes() if self.processes else None
+        reading["processes"] = {str(pid): figures for pid, figures in (found or {}).items()}
         if self.redis is not None:
             reading["redis"] = self.redis.read(self.channels)
         return reading
@@ -808,7 +809,10 @@ def summarize(plan, connects, results, readings, samples, phases, processes, red
             "settle_s": plan.settle,
             "workers": plan.workers,
         },
-        "sources": {"processes": processes.describe(), "redis": redis.describe() if redis else None},
+        "sources": {
+            "processes": processes.describe() if processes else "server processes not read",
+            "redis": redis.describe() if redis else None,
+        },
         "steady_connect_failed": sum(sum(report["failed"].values()) for report in connects),
         "churn": {
             **dict(churn),
