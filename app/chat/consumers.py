@@ -8,7 +8,9 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
-from . import metrics, protocol
+from accounts.models import NameKey
+
+from . import metrics, names, protocol
 from .dispatch import RelayDispatchMixin
 from .models import Message, Room
 from .ratelimit import TokenBucket
@@ -69,8 +71,31 @@ def read_before(room, cursor):
 
 
 @database_sync_to_async
-def store(room, incoming):
-    return Message.objects.post(room, incoming.user, incoming.text, incoming.client_id)
+def store(room, incoming, name, account):
+    return Message.objects.post(
+        room, name, incoming.text, incoming.client_id, author=account, guest=account is None
+    )
+
+
+@database_sync_to_async
+def is_registered(name):
+    return NameKey.objects.filter(key=names.key(name)).exists()
+
+
+@database_sync_to_async
+def session_get(session, key):
+    return session.get(key) if session is not None else None
+
+
+@database_sync_to_async
+def session_set(session, key, value):
+    """Keeps a value in the client's session, when it has one (the room page makes sure a guest's does)."""
+    if session is not None and session.session_key:
+        session[key] = value
+        session.save()
+
+
+GUEST_NAME_KEY = "chat_guest_name"
 
 
 # Rooms whose broadcast failed, each with the task that tells the room's
@@ -121,6 +146,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     behind = False  # paging through a resync: live messages come from the database
     held = None  # seq -> chat.message event that came before the ones it follows
     gap_task = None
+    account = None  # the signed-in user (from the session), or None for a guest
+    guest_name = None  # a guest's nickname, held for the connection and its session
 
     async def __call__(self, scope, receive, send):
         try:
@@ -139,6 +166,15 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             metrics.refused_for_room_name.inc()
             await self.close()  # before accept: the handshake is refused (HTTP 403)
             return
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            self.account = user
+        elif settings.CHAT_GUESTS == "off":
+            metrics.refused_for_sign_in.inc()
+            await self.close()  # sign in to enter
+            return
+        else:
+            self.guest_name = await session_get(self.scope.get("session"), GUEST_NAME_KEY)
         self.group = protocol.group_name(self.room)
         self.bucket = TokenBucket(settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
         # Join before reading the backlog, so that nothing sent in between is missed.
@@ -186,6 +222,11 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 await self.send_page(await read_before(self.room, incoming.cursor), "older")
             return
         metrics.messages_received.inc()
+        try:
+            name = await self.sender_name(incoming)
+        except protocol.ProtocolError as error:
+            await self.send_error(str(error), error.code, incoming.client_id)
+            return
         if not self.bucket.take():
             await self.send_error(
                 f"Too many messages: at most {settings.CHAT_RATE_PER_SECOND:g} a second "
@@ -195,7 +236,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             )
             return
         try:
-            message, created = await store(self.room, incoming)
+            message, created = await store(self.room, incoming, name, self.account)
         except DatabaseError as error:
             logger.error("Could not store a message in room %r: %s", self.room, error)
             metrics.store_failures.inc()
@@ -235,6 +276,37 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             resync_group_later(self.channel_layer, self.group)
         else:
             metrics.messages_broadcast.inc()
+
+    async def sender_name(self, incoming):
+        """Who is posting: the account, whatever the frame says; else the guest's held nickname.
+
+        A guest names itself with the frame's "user" (the page sends its
+        nickname box): the name is normalized, may not be a registered
+        user's, and is held for the connection and the session, so it is
+        checked once and not on every message.
+        """
+        if self.account is not None:
+            return self.account.get_username()
+        if settings.CHAT_GUESTS != "post":
+            raise protocol.ProtocolError("Sign in to post in this chat: guests may only read.", protocol.SIGN_IN_REQUIRED)
+        requested = incoming.user
+        if not incoming.user_given:
+            return self.guest_name or protocol.ANONYMOUS
+        if requested == self.guest_name:
+            return requested
+        try:
+            name = names.normalize(requested)
+        except names.InvalidName as error:
+            raise protocol.ProtocolError(str(error), protocol.INVALID_USER) from None
+        if name != self.guest_name:
+            if names.key(name) != names.key(protocol.ANONYMOUS) and await is_registered(name):
+                raise protocol.ProtocolError(
+                    f"{name!r} is a registered user's name: sign in as them, or pick another nickname.",
+                    protocol.NAME_TAKEN,
+                )
+            self.guest_name = name
+            await session_set(self.scope.get("session"), GUEST_NAME_KEY, name)
+        return name
 
     async def send_error(self, text, code, client_id=None):
         """Tells this client alone that the chat refused something; the connection stays open."""

@@ -28,6 +28,7 @@ refused_for_origin = handshakes_refused.labels(reason="origin")  # foreign or mi
 refused_for_path = handshakes_refused.labels(reason="path")  # not /ws/chat/<room>/
 refused_for_room_name = handshakes_refused.labels(reason="room_name")  # not a valid room name
 refused_for_channel_layer = handshakes_refused.labels(reason="channel_layer")  # group_add failed
+refused_for_sign_in = handshakes_refused.labels(reason="sign_in")  # a guest, and CHAT_GUESTS is off
 
 messages_received = Counter("chat_messages_received_total", "Valid message frames received from clients.")
 messages_stored = Counter("chat_messages_stored_total", "Messages stored in the database.")

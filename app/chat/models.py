@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
@@ -20,7 +21,7 @@ class Room(models.Model):
 
 
 class MessageManager(models.Manager):
-    def post(self, room, user, text, client_id=None):
+    def post(self, room, user, text, client_id=None, author=None, guest=False):
         """Stores a message in its room's order; returns (message, created).
 
         With a client_id, a message the same sender already posted with it is
@@ -35,7 +36,15 @@ class MessageManager(models.Manager):
                     return earlier, False
             room_row.last_seq += 1
             room_row.save(update_fields=["last_seq"])
-            message = self.create(room=room, seq=room_row.last_seq, user=user, text=text, client_id=client_id)
+            message = self.create(
+                room=room,
+                seq=room_row.last_seq,
+                user=user,
+                text=text,
+                client_id=client_id,
+                author=author,
+                guest=guest,
+            )
         return message, True
 
 
@@ -48,6 +57,10 @@ class Message(models.Model):
     # Null on messages stored before the column existed.
     seq = models.PositiveBigIntegerField(null=True, blank=True)
     user = models.CharField(max_length=32)
+    # The account that posted it; None for a guest's message (and for messages
+    # from before accounts existed, which were all guests').
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    guest = models.BooleanField(default=False)
     text = models.TextField()
     created = models.DateTimeField(default=timezone.now)
     # The sender's own id for the message, which makes resending it harmless.

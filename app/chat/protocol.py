@@ -38,6 +38,8 @@ BROADCAST_FAILED = "broadcast_failed"
 STORE_FAILED = "store_failed"
 INVALID_CLIENT_ID = "invalid_client_id"
 INVALID_REQUEST = "invalid_request"
+SIGN_IN_REQUIRED = "sign_in_required"
+NAME_TAKEN = "name_taken"
 ERROR_CODES = (
     MALFORMED_JSON,
     NOT_AN_OBJECT,
@@ -53,6 +55,8 @@ ERROR_CODES = (
     STORE_FAILED,
     INVALID_CLIENT_ID,
     INVALID_REQUEST,
+    SIGN_IN_REQUIRED,
+    NAME_TAKEN,
 )
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -77,6 +81,7 @@ class IncomingMessage:
     user: str
     text: str
     client_id: str | None = None
+    user_given: bool = True  # False when the frame had no "user" (shown as anonymous)
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ def parse_incoming(text_data, max_length):
         )
     user = data.get("user")
     if user is None:
-        user = ANONYMOUS
+        user = ""
     elif not isinstance(user, str):
         raise ProtocolError('"user" must be a string.', INVALID_USER, client_id)
     elif len(user.strip()) > USER_MAX_LENGTH:
@@ -153,7 +158,8 @@ def parse_incoming(text_data, max_length):
         raise ProtocolError(
             '"user" holds a control character or half of a UTF-16 pair.', INVALID_USER, client_id
         )
-    return IncomingMessage(user=user.strip() or ANONYMOUS, text=text, client_id=client_id)
+    name = user.strip()
+    return IncomingMessage(user=name or ANONYMOUS, text=text, client_id=client_id, user_given=bool(name))
 
 
 def parse_cursor(value, direction):
@@ -191,6 +197,8 @@ def outgoing(message, history=False, resync=False):
     }
     if message.seq is not None:  # None: stored before rooms numbered their messages
         payload["seq"] = message.seq
+    if message.guest:
+        payload["guest"] = True
     if history:
         payload["history"] = True
     if resync:

@@ -5,6 +5,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, JsonResponse
 from django.shortcuts import render
 
@@ -21,6 +22,18 @@ def index(request):
 def room(request, room_name):
     if not protocol.is_valid_room_name(room_name):
         raise Http404("A room name is 1 to 64 letters, digits, '_' or '-'.")
+    signed_in = request.user.is_authenticated
+    if not signed_in and settings.CHAT_GUESTS == "off":
+        return redirect_to_login(request.get_full_path())
+    nickname = ""
+    if signed_in:
+        nickname = request.user.get_username()
+    elif settings.CHAT_GUESTS == "post":
+        # The websocket keeps a guest's nickname in the session: make sure
+        # there is one for it to keep it in.
+        if not request.session.session_key:
+            request.session.save()
+        nickname = request.session.get("chat_guest_name", "")
     return render(
         request,
         "chat/room.html",
@@ -30,6 +43,11 @@ def room(request, room_name):
                 "room": room_name,
                 "maxLength": settings.CHAT_MESSAGE_MAX_LENGTH,
                 "userMaxLength": protocol.USER_MAX_LENGTH,
+                # Who the page speaks for: an account's name is fixed; a
+                # guest's nickname is what the server holds for it.
+                "nickname": nickname,
+                "signedIn": signed_in,
+                "canPost": signed_in or settings.CHAT_GUESTS == "post",
             },
         },
     )

@@ -202,6 +202,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "chat",
+    "accounts",
 ]
 
 MIDDLEWARE = [
@@ -227,6 +228,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "accounts.context_processors.chat_site",
             ],
         },
     },
@@ -301,6 +303,18 @@ LOGGING = {
     "root": {"handlers": ["stderr"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
 }
 
+# Accounts (Django's auth, at /accounts/): anyone may sign up unless
+# CHAT_OPEN_SIGNUP is off (then staff create accounts in the admin).
+# CHAT_GUESTS: "post" (people who are not signed in pick a nickname and post,
+# marked as guests), "read" (they read, only accounts post) or "off" (sign in
+# to enter).
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = LOGOUT_REDIRECT_URL = "/chat/"
+CHAT_OPEN_SIGNUP = env_bool("CHAT_OPEN_SIGNUP", True)
+CHAT_GUESTS = os.environ.get("CHAT_GUESTS", "post").strip() or "post"
+if CHAT_GUESTS not in ("post", "read", "off"):
+    raise ImproperlyConfigured(f"CHAT_GUESTS must be post, read or off, not {CHAT_GUESTS!r}.")
+
 # The chat itself.
 CHAT_MESSAGE_MAX_LENGTH = env_int("CHAT_MESSAGE_MAX_LENGTH", 2000)
 CHAT_HISTORY_LIMIT = env_int("CHAT_HISTORY_LIMIT", 50, minimum=0)
@@ -310,6 +324,16 @@ CHAT_RATE_BURST = env_int("CHAT_RATE_BURST", 10)
 # Messages older than this many days are deleted by `manage.py prune_messages`
 # (a timer on one app host); unset, empty or 0: kept forever.
 CHAT_RETENTION_DAYS = env_int("CHAT_RETENTION_DAYS", 0, minimum=0)
+# Bytes a connection may have waiting to be sent before it is closed with 1008
+# (a client that does not read; chat-daphne, chat/server.py). The default is
+# a full resync page at its largest, so that no client that does read is
+# ever cut off by its own resync: CHAT_RESYNC_LIMIT frames of
+# CHAT_MESSAGE_MAX_LENGTH characters at up to 4 bytes each in UTF-8 (frames
+# are JSON with ensure_ascii off; the controls that would be escaped are
+# refused), plus 512 for the rest of the frame. 8.1 MiB with the defaults.
+CHAT_SEND_BUFFER_LIMIT = env_int(
+    "CHAT_SEND_BUFFER_LIMIT", CHAT_RESYNC_LIMIT * (CHAT_MESSAGE_MAX_LENGTH * 4 + 512), minimum=65536
+)
 
 # Prometheus metrics (chat/metrics.py). Each server process serves its own, on
 # CHAT_METRICS_ADDRESS and port CHAT_METRICS_PORT + CHAT_PROCESS_NUM

@@ -72,6 +72,8 @@ def test_empty_allowed_hosts_with_debug_off_fails_clearly():
         ("CHAT_METRICS_PORT", "-1", "CHAT_METRICS_PORT must be at least 0"),
         ("CHAT_METRICS_ADDRESS", "http://0.0.0.0", "CHAT_METRICS_ADDRESS must be an IP address or host name"),
         ("CHAT_PROCESS_NUM", "first", "CHAT_PROCESS_NUM must be a whole number"),
+        ("CHAT_GUESTS", "maybe", "CHAT_GUESTS must be post, read or off"),
+        ("CHAT_OPEN_SIGNUP", "sometimes", "CHAT_OPEN_SIGNUP must be true or false"),
     ],
 )
 def test_bad_values_fail_at_start_naming_the_variable(name, value, message):
