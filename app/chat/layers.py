@@ -1,28 +1,202 @@
-"""The chat's channel layer: channels-redis's pub/sub layer, lighter per connection.
+"""The chat's channel layer: channels-redis's pub/sub layer, lighter per connection, and honest about outages.
 
 RedisPubSubChannelLayer gives every channel (one per websocket) an
 asyncio.Queue, which allocates four deques up front: about 3 KiB for each
 idle connection. The layer only ever puts into that queue without waiting
 and has one reader, so a Mailbox (chat.mailbox), which allocates nothing
 until a message has to wait, does the same job.
+
+Two more things channels-redis does not do:
+
+- delete_channel(), the antithesis of new_channel(): drops the channel's
+  mailbox, its Redis subscription and its group memberships, whatever state
+  its reader is in. channels-redis only unsubscribes when receive() is
+  cancelled while it waits, so a consumer that ended any other way (its
+  reader busy with a message, an exception) left its subscription in Redis
+  for as long as the process lived. chat.dispatch calls it when a consumer
+  ends.
+- After a shard's pub/sub connection comes back from a failure (redis-py
+  resubscribes on every reconnect), every local channel gets a
+  {"type": "chat.resync"} message: whatever was published while the
+  connection was down is lost to pub/sub, so each consumer catches up from
+  the database.
 """
 
 import asyncio
+import logging
+from urllib.parse import urlsplit
 
-from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .mailbox import Mailbox
 
+logger = logging.getLogger(__name__)
+
+RESYNC = {"type": "chat.resync"}
+
+
+def _name(key):
+    return key.decode() if isinstance(key, bytes) else key
+
+
+class _ResubscribingPubSub(PubSub):
+    """redis-py's PubSub, which tells its shard when it has resubscribed after a reconnect.
+
+    redis-py calls on_connect() on every connect after the first and
+    resubscribes there. Redis answers the SUBSCRIBE commands in order, before
+    anything published after them, so the shard is told when the last
+    confirmation has been read: a message published after that arrives
+    live, anything earlier is in the database by the time a consumer reads it.
+    """
+
+    def __init__(self, *args, shard, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shard = shard
+        self.confirmations_awaited = 0
+
+    async def on_connect(self, connection):
+        # Names unsubscribed while the connection was down (their UNSUBSCRIBE
+        # never confirmed) would be subscribed again: only what the layer
+        # still has is.
+        wanted = self.shard.wanted()
+        for name in [name for name in self.channels if _name(name) not in wanted]:
+            del self.channels[name]
+        self.shard._subscribed_to &= wanted
+        self.confirmations_awaited = 0
+        await super().on_connect(connection)
+        self.confirmations_awaited = len(self.channels)
+        if not self.channels:
+            self.shard.resubscribed()
+
+    async def handle_message(self, response, ignore_subscribe_messages=False):
+        if self.confirmations_awaited and response is not None and not isinstance(response, bytes):
+            if response[0] in (b"subscribe", "subscribe"):
+                self.confirmations_awaited -= 1
+                if not self.confirmations_awaited:
+                    self.shard.resubscribed()
+        return await super().handle_message(response, ignore_subscribe_messages)
+
+
+class _Shard(RedisSingleShardConnection):
+    def _ensure_redis(self):
+        if self._redis is None:
+            super()._ensure_redis()
+            self._pubsub = _ResubscribingPubSub(self._redis.connection_pool, shard=self)
+
+    async def _do_receiving(self):
+        """channels-redis's reader loop, which logs an outage once instead of a traceback every second."""
+        failing = False
+        while True:
+            try:
+                if self._pubsub and self._pubsub.subscribed:
+                    message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    failing = False
+                    self._receive_message(message)
+                else:
+                    await asyncio.sleep(0.1)
+            except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
+                raise
+            except (RedisConnectionError, OSError) as error:
+                if not failing:
+                    logger.warning("Redis pub/sub connection to %s lost (%s); reconnecting every second",
+                                   self.describe(), error)
+                failing = True
+                await asyncio.sleep(1)
+            except Exception:
+                logger.exception("Unexpected exception in the Redis pub/sub reader")
+                await asyncio.sleep(1)
+
+    def wanted(self):
+        """The names this process still subscribes to: its channels and its groups."""
+        layer = self.channel_layer
+        return set(layer.channels) | set(layer.groups)
+
+    def describe(self):
+        """host:port (or the Sentinel master's name), never the password an address may carry."""
+        host = self.host
+        if "address" in host:
+            address = urlsplit(host["address"])
+            return f"{address.hostname}:{address.port or 6379}"
+        return host.get("master_name") or f"{host.get('host')}:{host.get('port')}"
+
+    def resubscribed(self):
+        """Every local channel is told to catch up: what was published while we were away is lost to pub/sub."""
+        layer = self.channel_layer
+        data = layer.channel_layer.serialize(RESYNC)
+        for mailbox in list(layer.channels.values()):
+            mailbox.put_nowait(data)
+        logger.warning("Redis pub/sub connection to %s is back: resubscribed, and told %d local channels "
+                       "to resync from the database", self.describe(), len(layer.channels))
+
 
 class _LoopLayer(RedisPubSubLoopLayer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._shards = [_Shard(shard.host, self) for shard in self._shards]
+        self._memberships = {}  # channel -> the group channels it is in (a tuple: most are in one)
+
     async def _subscribe_to_channel(self, channel):
         self.channels[channel] = Mailbox()
-        await self._get_shard(channel).subscribe(channel)
+        try:
+            await self._get_shard(channel).subscribe(channel)
+        except BaseException:
+            del self.channels[channel]  # new_channel() failed: nothing of it stays
+            raise
+
+    async def group_add(self, group, channel):
+        group_channel = self._get_group_channel_name(group)
+        try:
+            await super().group_add(group, channel)
+        finally:
+            # Recorded even when subscribing failed: the channel is in the
+            # group's set, and delete_channel() must take it out.
+            if channel in self.groups.get(group_channel, ()):
+                memberships = self._memberships.get(channel, ())
+                if group_channel not in memberships:
+                    self._memberships[channel] = (*memberships, group_channel)
+
+    async def group_discard(self, group, channel):
+        group_channel = self._get_group_channel_name(group)
+        memberships = self._memberships.get(channel, ())
+        if group_channel in memberships:
+            remaining = tuple(name for name in memberships if name != group_channel)
+            if remaining:
+                self._memberships[channel] = remaining
+            else:
+                del self._memberships[channel]
+        await self._leave_group(group_channel, channel)
+
+    async def _leave_group(self, group_channel, channel):
+        members = self.groups.get(group_channel)
+        if members is None or channel not in members:
+            return
+        members.discard(channel)
+        if members:
+            return
+        del self.groups[group_channel]
+        await self._get_shard(group_channel).unsubscribe(group_channel)
+
+    async def delete_channel(self, channel):
+        """Lets go of a channel made by new_channel(): its groups, its mailbox, its subscription. Idempotent.
+
+        The local state goes first and whole; if Redis cannot be told (it is
+        down), the first error is raised after, and the names are left out
+        when the connection resubscribes.
+        """
+        had_mailbox = self.channels.pop(channel, None) is not None
+        unsubscribes = [self._leave_group(name, channel) for name in self._memberships.pop(channel, ())]
+        if had_mailbox:
+            unsubscribes.append(self._get_shard(channel).unsubscribe(channel))
+        errors = [error for error in await asyncio.gather(*unsubscribes, return_exceptions=True) if error]
+        if errors:
+            raise errors[0]
 
 
 class LeanRedisPubSubChannelLayer(RedisPubSubChannelLayer):
-    """RedisPubSubChannelLayer whose channels use a Mailbox instead of an asyncio.Queue."""
+    """RedisPubSubChannelLayer with Mailbox channels, delete_channel() and a resync after a reconnect."""
 
     def _get_layer(self):
         loop = asyncio.get_running_loop()
@@ -32,3 +206,6 @@ class LeanRedisPubSubChannelLayer(RedisPubSubChannelLayer):
             layer = self._layers[loop] = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
             _wrap_close(self, loop)
             return layer
+
+    async def delete_channel(self, channel):
+        await self._get_layer().delete_channel(channel)

@@ -6,7 +6,16 @@ long as it lives: about 3.5 KiB of an idle websocket's cost, for a queue
 that daphne only fills with put_nowait() and the application reads from one
 task. ChatServer gives the application a Mailbox (chat.mailbox) instead;
 everything else is daphne's, options included, plus one: --proxy-trusted
-(below).
+(below). And two things daphne 4.2 does not do:
+
+- A send to a websocket that is already closing (the client's close frame
+  arrived, the application has not read websocket.disconnect yet) is
+  dropped, as daphne drops one to a closed connection, instead of raising
+  autobahn's Disconnected into the application.
+- The ASGI websocket denial response ("websocket.http.response"): an
+  application can refuse a handshake with its own status (the chat: 503
+  when the channel layer is down) instead of daphne's 403. autobahn writes
+  the response, so the status is the application's, the body autobahn's.
 
     chat-daphne --fd 0 --proxy-headers --proxy-trusted 10.0.0.10 chatsite.asgi:application
     python -m chat.server -b 127.0.0.1 -p 8001 chatsite.asgi:application
@@ -14,20 +23,58 @@ everything else is daphne's, options included, plus one: --proxy-trusted
 
 import argparse
 import asyncio
+import http
 import ipaddress
+import logging
 import os
 import sys
 from functools import partial
 
+from autobahn.websocket.types import ConnectionDeny
 from daphne import http_protocol, utils, ws_protocol
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 
 from .mailbox import Mailbox
 
+logger = logging.getLogger(__name__)
+
 
 class ChatServer(Server):
     def create_application(self, protocol, scope):
+        if scope["type"] == "websocket":
+            scope["extensions"] = {"websocket.http.response": {}}
+        return self.create_application_with_mailbox(protocol, scope)
+
+    async def handle_reply(self, protocol, message):
+        kind = message.get("type")
+        if isinstance(protocol, ws_protocol.WebSocketProtocol):
+            if kind == "websocket.send" and protocol.state not in (protocol.STATE_OPEN, protocol.STATE_CONNECTING):
+                return  # closing: the application hears websocket.disconnect next
+            if kind in ("websocket.http.response.start", "websocket.http.response.body"):
+                self.deny(protocol, message)
+                return
+        await super().handle_reply(protocol, message)
+
+    def deny(self, protocol, message):
+        """The websocket denial response, as daphne's serverReject() with the application's status."""
+        if protocol not in self.connections or self.connections[protocol].get("disconnected"):
+            return
+        if message["type"] == "websocket.http.response.start":
+            protocol.denial_status = message["status"]
+            return
+        if message.get("more_body") or not hasattr(protocol, "handshake_deferred"):
+            return
+        status = getattr(protocol, "denial_status", 403)
+        protocol.handshake_deferred.errback(ConnectionDeny(code=status, reason=http.HTTPStatus(status).phrase))
+        del protocol.handshake_deferred
+        self.protocol_disconnected(protocol)
+        self.log_action("websocket", "rejected", {
+            "path": protocol.request.path,
+            "client": "%s:%s" % tuple(protocol.client_addr) if protocol.client_addr else None,
+        })
+
+    def create_application_with_mailbox(self, protocol, scope):
         """daphne's Server.create_application (daphne 4.2), with a Mailbox as the input queue."""
         assert "application_instance" not in self.connections[protocol]
         input_queue = Mailbox()
