@@ -1,14 +1,48 @@
-from django.contrib import admin
+import logging
 
-from .models import Message, Room
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.contrib import admin
+from django.utils import timezone
+
+from . import protocol
+from .models import Message, ModerationLog, Restriction, Room
+
+logger = logging.getLogger(__name__)
 
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["id", "room", "user", "created", "text"]
-    list_filter = ["room"]
+    list_display = ["id", "room", "user", "guest", "created", "deleted", "text"]
+    list_filter = ["room", "guest", ("deleted", admin.EmptyFieldListFilter)]
     search_fields = ["text", "user", "room"]
     ordering = ["-id"]
+    actions = ["delete_for_everyone"]
+
+    @admin.action(description="Delete for everyone (from open pages, history and resync)", permissions=["moderate"])
+    def delete_for_everyone(self, request, queryset):
+        deleted = 0
+        for message in queryset.filter(deleted=None):
+            message.deleted = timezone.now()
+            message.save(update_fields=["deleted"])
+            ModerationLog.objects.create(
+                actor=request.user,
+                action="delete message",
+                room=message.room,
+                target=f"#{message.id} by {message.user}",
+                detail=message.text[:500],
+            )
+            try:
+                async_to_sync(get_channel_layer().group_send)(
+                    protocol.group_name(message.room), {"type": "chat.deleted", "id": message.id}
+                )
+            except Exception:
+                logger.exception("Could not broadcast the deletion of message %s", message.id)
+            deleted += 1
+        self.message_user(request, f"Deleted {deleted} message(s).")
+
+    def has_moderate_permission(self, request):
+        return request.user.has_perm("chat.moderate")
 
 
 @admin.register(Room)
@@ -17,3 +51,57 @@ class RoomAdmin(admin.ModelAdmin):
     search_fields = ["name"]
     # last_seq numbers the room's messages: edited by hand, it would break the numbering clients rely on.
     readonly_fields = ["last_seq"]
+
+
+@admin.register(Restriction)
+class RestrictionAdmin(admin.ModelAdmin):
+    """Mutes and bans; each one made, changed or lifted here is logged in the moderation log."""
+
+    list_display = ["kind", "account", "guest_name", "address", "room", "until", "created_by", "created", "reason"]
+    list_filter = ["kind"]
+    search_fields = ["account__username", "guest_name", "address", "room", "reason"]
+    autocomplete_fields = ["account"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        log(request, f"{'change' if change else 'add'} {obj.kind}", obj)
+
+    def delete_model(self, request, obj):
+        log(request, f"lift {obj.kind}", obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for obj in queryset:
+            log(request, f"lift {obj.kind}", obj)
+        super().delete_queryset(request, queryset)
+
+
+def log(request, action, restriction):
+    until = f"until {restriction.until:%Y-%m-%d %H:%M} UTC" if restriction.until else "until lifted"
+    ModerationLog.objects.create(
+        actor=request.user,
+        action=action,
+        room=restriction.room,
+        target=str(restriction.account or restriction.guest_name or restriction.address),
+        detail=f"{until}. {restriction.reason}".strip(),
+    )
+
+
+@admin.register(ModerationLog)
+class ModerationLogAdmin(admin.ModelAdmin):
+    """Read-only: what moderators did, and when."""
+
+    list_display = ["created", "actor", "action", "room", "target", "detail"]
+    list_filter = ["action"]
+    search_fields = ["actor__username", "room", "target", "detail"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

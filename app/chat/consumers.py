@@ -7,12 +7,13 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError
+from django.utils import timezone
 
 from accounts.models import NameKey
 
 from . import metrics, names, protocol
 from .dispatch import RelayDispatchMixin
-from .models import Message, Room
+from .models import Message, ModerationLog, Restriction, Room
 from .ratelimit import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def read_after(room, cursor):
     """
     seq = room_seq(room)
     limit = settings.CHAT_RESYNC_LIMIT
-    rows = list(Message.objects.filter(room=room, id__gt=cursor).order_by("id")[: limit + 1])
+    rows = list(Message.objects.filter(room=room, id__gt=cursor, deleted=None).order_by("id")[: limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(rows, more, seq, rows[-1].id if rows else latest_id(room))
@@ -61,7 +62,7 @@ def read_before(room, cursor):
     """The CHAT_HISTORY_LIMIT messages before id `cursor` (None: the latest), oldest first."""
     seq = room_seq(room)
     limit = settings.CHAT_HISTORY_LIMIT
-    messages = Message.objects.filter(room=room)
+    messages = Message.objects.filter(room=room, deleted=None)
     if cursor is not None:
         messages = messages.filter(id__lt=cursor)
     rows = list(messages.order_by("-id")[: limit + 1]) if limit else []
@@ -96,6 +97,36 @@ def session_set(session, key, value):
 
 
 GUEST_NAME_KEY = "chat_guest_name"
+
+
+@database_sync_to_async
+def restriction(account, guest_name, address, room=None):
+    return Restriction.applying(account, guest_name, address, room)
+
+
+@database_sync_to_async
+def delete_message(room, message_id, account):
+    """Deletes a message of the room for its author or a moderator; returns an error (text, code) or None."""
+    message = Message.objects.filter(room=room, id=message_id, deleted=None).first()
+    if message is None:
+        return "There is no such message in this room.", protocol.NOT_FOUND
+    own = account is not None and message.author_id == account.pk
+    if not own and not (account is not None and account.has_perm("chat.moderate")):
+        return "Only its author or a moderator may delete a message.", protocol.NOT_ALLOWED
+    message.deleted = timezone.now()
+    message.save(update_fields=["deleted"])
+    ModerationLog.objects.create(
+        actor=account,
+        action="delete own message" if own else "delete message",
+        room=room,
+        target=f"#{message.id} by {message.user}",
+        detail=message.text[:500],
+    )
+    return None
+
+
+def until_text(restriction):
+    return f" until {restriction.until:%Y-%m-%d %H:%M} UTC" if restriction.until else ""
 
 
 # Rooms whose broadcast failed, each with the task that tells the room's
@@ -175,6 +206,11 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             return
         else:
             self.guest_name = await session_get(self.scope.get("session"), GUEST_NAME_KEY)
+        self.address = (self.scope.get("client") or [None])[0]
+        if await restriction(self.account, self.guest_name, self.address):
+            metrics.refused_for_ban.inc()
+            await self.close()
+            return
         self.group = protocol.group_name(self.room)
         self.bucket = TokenBucket(settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
         # Join before reading the backlog, so that nothing sent in between is missed.
@@ -221,11 +257,24 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             else:
                 await self.send_page(await read_before(self.room, incoming.cursor), "older")
             return
+        if isinstance(incoming, protocol.DeleteRequest):
+            await self.delete(incoming.message_id)
+            return
         metrics.messages_received.inc()
         try:
             name = await self.sender_name(incoming)
         except protocol.ProtocolError as error:
             await self.send_error(str(error), error.code, incoming.client_id)
+            return
+        found = await restriction(self.account, name, self.address, self.room)
+        if found is not None:
+            banned = found.kind == Restriction.BAN
+            await self.send_error(
+                f"You are {'banned from this chat' if banned else 'muted in this room'}"
+                f"{until_text(found)}; the message was not sent.",
+                protocol.BANNED if banned else protocol.MUTED,
+                incoming.client_id,
+            )
             return
         if not self.bucket.take():
             await self.send_error(
@@ -308,6 +357,20 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await session_set(self.scope.get("session"), GUEST_NAME_KEY, name)
         return name
 
+    async def delete(self, message_id):
+        refused = await delete_message(self.room, message_id, self.account)
+        if refused is not None:
+            await self.send_error(*refused)
+            return
+        try:
+            await self.channel_layer.group_send(self.group, {"type": "chat.deleted", "id": message_id})
+        except Exception:
+            # Deleted for every later history and resync; pages open now keep it until they reload.
+            logger.exception("Could not broadcast the deletion of message %s in room %r", message_id, self.room)
+
+    async def chat_deleted(self, event):
+        await self.send(text_data=protocol.deleted(event["id"]))
+
     async def send_error(self, text, code, client_id=None):
         """Tells this client alone that the chat refused something; the connection stays open."""
         metrics.error_frames_by_code[code].inc()
@@ -352,6 +415,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         # those thread hops were most of daphne's CPU time.
         if message["type"] == "chat.message":
             await self.chat_message(message)
+        elif message["type"] == "chat.deleted":
+            await self.chat_deleted(message)
         else:
             await super().dispatch(message)
 

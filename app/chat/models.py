@@ -65,6 +65,8 @@ class Message(models.Model):
     created = models.DateTimeField(default=timezone.now)
     # The sender's own id for the message, which makes resending it harmless.
     client_id = models.CharField(max_length=64, null=True, blank=True)
+    # When its author or a moderator deleted it: it is then in no history and no resync.
+    deleted = models.DateTimeField(null=True, blank=True)
 
     objects = MessageManager()
 
@@ -79,6 +81,79 @@ class Message(models.Model):
             ),
         ]
         ordering = ["id"]
+        permissions = [("moderate", "Can delete any message, and mute and ban people")]
 
     def __str__(self):
         return f"{self.room} #{self.pk} {self.user}: {self.text[:40]}"
+
+
+class Restriction(models.Model):
+    """A mute (in one room, or every room) or a ban (from the site), for a time or for good.
+
+    It names an account, or a guest by nickname and, for a ban, by address:
+    a guest can pick another nickname, not another address.
+    """
+
+    MUTE, BAN = "mute", "ban"
+    kind = models.CharField(max_length=4, choices=[(MUTE, "mute: may read, may not post"), (BAN, "ban: may not enter")])
+    account = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="restrictions"
+    )
+    guest_name = models.CharField(max_length=32, blank=True, help_text="A guest's nickname (for guests only).")
+    address = models.GenericIPAddressField(null=True, blank=True, help_text="A guest's IP address (bans).")
+    room = models.CharField(max_length=64, blank=True, help_text="Mutes only; empty: every room.")
+    until = models.DateTimeField(null=True, blank=True, help_text="Empty: until lifted.")
+    reason = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    created = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(account__isnull=False) | ~models.Q(guest_name="") | models.Q(address__isnull=False),
+                name="chat_restriction_names_someone",
+            )
+        ]
+
+    def __str__(self):
+        who = self.account or self.guest_name or self.address
+        return f"{self.kind} {who}" + (f" in {self.room}" if self.room else "")
+
+    @classmethod
+    def applying(cls, account=None, guest_name=None, address=None, room=None):
+        """The restriction that stops this person now: a ban, or (in `room`) a mute; None when there is none.
+
+        One query, since it runs for every message posted.
+        """
+        if account is not None:
+            who = models.Q(account=account)
+        else:
+            who = models.Q(pk__in=[])
+            if guest_name:
+                who |= models.Q(account__isnull=True, guest_name=guest_name)
+            if address:
+                who |= models.Q(account__isnull=True, address=address)
+        kinds = models.Q(kind=cls.BAN)
+        if room is not None:
+            kinds |= models.Q(kind=cls.MUTE, room__in=["", room])
+        now_on = models.Q(until__isnull=True) | models.Q(until__gt=timezone.now())
+        return cls.objects.filter(who, kinds, now_on).order_by("kind").first()  # "ban" before "mute"
+
+
+class ModerationLog(models.Model):
+    """What a moderator (or an author, deleting their own message) did, and when."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=32)
+    room = models.CharField(max_length=64, blank=True)
+    target = models.CharField(max_length=100, blank=True)
+    detail = models.TextField(blank=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return f"{self.created:%Y-%m-%d %H:%M} {self.actor}: {self.action} {self.target}"

@@ -40,6 +40,10 @@ INVALID_CLIENT_ID = "invalid_client_id"
 INVALID_REQUEST = "invalid_request"
 SIGN_IN_REQUIRED = "sign_in_required"
 NAME_TAKEN = "name_taken"
+MUTED = "muted"
+BANNED = "banned"
+NOT_ALLOWED = "not_allowed"
+NOT_FOUND = "not_found"
 ERROR_CODES = (
     MALFORMED_JSON,
     NOT_AN_OBJECT,
@@ -57,6 +61,10 @@ ERROR_CODES = (
     INVALID_REQUEST,
     SIGN_IN_REQUIRED,
     NAME_TAKEN,
+    MUTED,
+    BANNED,
+    NOT_ALLOWED,
+    NOT_FOUND,
 )
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -82,6 +90,13 @@ class IncomingMessage:
     text: str
     client_id: str | None = None
     user_given: bool = True  # False when the frame had no "user" (shown as anonymous)
+
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    """{"delete": <id>}: the author, or a moderator, deletes a message."""
+
+    message_id: int
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,8 @@ def parse_incoming(text_data, max_length):
         for direction in ("since", "before"):
             if direction in data:
                 return PageRequest(direction, parse_cursor(data[direction], direction))
+        if "delete" in data:
+            return DeleteRequest(parse_cursor(data["delete"], "delete"))
     client_id = data.get("client_id")
     if client_id is not None and not (isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)):
         raise ProtocolError(
@@ -224,6 +241,11 @@ def page_end(kind, messages, more):
             "last": messages[-1].id if messages else None,
         }
     )
+
+
+def deleted(message_id):
+    """Tells everyone in the room to take a deleted message off their page."""
+    return json.dumps({"deleted": message_id})
 
 
 def error(text, code, client_id=None):

@@ -1,0 +1,134 @@
+"""Moderation: deleting messages (one's own, or any with the moderate permission), mutes, bans, and their log."""
+
+from datetime import timedelta
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+
+from chat.models import Message, ModerationLog, Restriction
+from chatsite.asgi import application
+
+from .test_consumer import ORIGIN, joined, receive
+from .test_identity import as_user, signed_in_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@database_sync_to_async
+def make_moderator(username):
+    user = get_user_model().objects.get(username=username)
+    user.user_permissions.add(Permission.objects.get(codename="moderate"))
+
+
+@database_sync_to_async
+def restrict(kind, **fields):
+    return Restriction.objects.create(kind=kind, **fields)
+
+
+@database_sync_to_async
+def user(username):
+    return get_user_model().objects.get(username=username)
+
+
+async def connect(path, cookie=None):
+    client = as_user(path, cookie) if cookie else WebsocketCommunicator(application, path, headers=[(b"origin", ORIGIN)])
+    connected, _ = await client.connect(timeout=5)
+    return client if connected else None
+
+
+async def test_an_author_deletes_their_message_and_it_leaves_every_page_and_every_resync(channel_layer):
+    ann = await connect("/ws/chat/lobby/", await signed_in_cookie("ann"))
+    async with joined("/ws/chat/lobby/") as bob:
+        await ann.send_json_to({"message": "oops"})
+        sent = await receive(ann)
+        assert (await receive(bob))["id"] == sent["id"]
+        await ann.send_json_to({"delete": sent["id"]})
+        assert await receive(ann) == {"deleted": sent["id"]}
+        assert await receive(bob) == {"deleted": sent["id"]}
+    await ann.disconnect()
+    async with joined("/ws/chat/lobby/") as late, joined(f"/ws/chat/lobby/?since={sent['id'] - 1}") as resyncing:
+        assert await late.receive_nothing(timeout=0.3)
+        assert await resyncing.receive_nothing(timeout=0.3)
+    entry = await database_sync_to_async(ModerationLog.objects.select_related("actor").get)()
+    assert (entry.actor.username, entry.action, entry.detail) == ("ann", "delete own message", "oops")
+
+
+async def test_nobody_else_may_delete_a_message_but_a_moderator(channel_layer):
+    ann = await connect("/ws/chat/lobby/", await signed_in_cookie("ann"))
+    bob = await connect("/ws/chat/lobby/", await signed_in_cookie("bob"))
+    mod = await connect("/ws/chat/lobby/", await signed_in_cookie("mod"))
+    await make_moderator("mod")
+    async with joined("/ws/chat/lobby/") as guest:
+        await ann.send_json_to({"message": "mine"})
+        sent = await receive(ann)
+        for client in (bob, mod, guest):
+            await receive(client)
+        for client in (bob, guest):
+            await client.send_json_to({"delete": sent["id"]})
+            assert (await receive(client))["code"] == "not_allowed"
+        await mod.send_json_to({"delete": sent["id"] + 1000})
+        assert (await receive(mod))["code"] == "not_found"
+        await mod.send_json_to({"delete": sent["id"]})
+        for client in (ann, bob, mod, guest):
+            assert await receive(client) == {"deleted": sent["id"]}
+    for client in (ann, bob, mod):
+        await client.disconnect()
+    message = await database_sync_to_async(Message.objects.get)(id=sent["id"])
+    assert message.deleted is not None
+
+
+async def test_a_muted_user_reads_but_may_not_post_in_that_room_until_the_mute_ends(channel_layer):
+    cookie = await signed_in_cookie("ann")
+    mute = await restrict(Restriction.MUTE, account=await user("ann"), room="lobby",
+                          until=timezone.now() + timedelta(hours=1))
+    ann = await connect("/ws/chat/lobby/", cookie)
+    await ann.send_json_to({"message": "let me speak", "client_id": "m1"})
+    refused = await receive(ann)
+    assert refused["code"] == "muted" and refused["client_id"] == "m1" and "until" in refused["error"]
+    elsewhere = await connect("/ws/chat/kitchen/", cookie)
+    await elsewhere.send_json_to({"message": "fine here"})
+    assert (await receive(elsewhere))["message"] == "fine here"
+    mute.until = timezone.now() - timedelta(seconds=1)
+    await database_sync_to_async(mute.save)()
+    await ann.send_json_to({"message": "let me speak"})
+    assert (await receive(ann))["message"] == "let me speak"
+    await ann.disconnect()
+    await elsewhere.disconnect()
+
+
+async def test_a_muted_guest_cannot_post_under_that_nickname(channel_layer):
+    await restrict(Restriction.MUTE, guest_name="troll")
+    async with joined("/ws/chat/lobby/") as guest:
+        await guest.send_json_to({"message": "hello", "user": "troll"})
+        assert (await receive(guest))["code"] == "muted"
+
+
+async def test_a_banned_user_is_refused_at_the_handshake_and_a_banned_guest_by_address(channel_layer):
+    cookie = await signed_in_cookie("ann")
+    await restrict(Restriction.BAN, account=await user("ann"))
+    assert await connect("/ws/chat/lobby/", cookie) is None
+    await restrict(Restriction.BAN, address="127.0.0.1")
+    guest = WebsocketCommunicator(application, "/ws/chat/lobby/", headers=[(b"origin", ORIGIN)])
+    guest.scope["client"] = ("127.0.0.1", 50000)
+    assert not (await guest.connect(timeout=5))[0]
+    other = WebsocketCommunicator(application, "/ws/chat/lobby/", headers=[(b"origin", ORIGIN)])
+    other.scope["client"] = ("192.0.2.7", 50000)
+    assert (await other.connect(timeout=5))[0]
+    await other.disconnect()
+
+
+def test_mutes_and_bans_made_in_the_admin_are_logged(admin_client):
+    answer = admin_client.post(
+        "/admin/chat/restriction/add/",
+        {"kind": "mute", "guest_name": "troll", "room": "lobby", "reason": "spam", "address": ""},
+    )
+    assert answer.status_code == 302, answer.content[:2000]
+    restriction = Restriction.objects.get()
+    assert restriction.created_by.username == "admin"
+    admin_client.post(f"/admin/chat/restriction/{restriction.pk}/delete/", {"post": "yes"})
+    assert [entry.action for entry in ModerationLog.objects.order_by("created")] == ["add mute", "lift mute"]
+    assert admin_client.get("/admin/chat/moderationlog/").status_code == 200
