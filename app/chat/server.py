@@ -6,8 +6,18 @@ long as it lives: about 3.5 KiB of an idle websocket's cost, for a queue
 that daphne only fills with put_nowait() and the application reads from one
 task. ChatServer gives the application a Mailbox (chat.mailbox) instead;
 everything else is daphne's, options included, plus one: --proxy-trusted
-(below). And two things daphne 4.2 does not do:
+(below). And four things daphne 4.2 does not do:
 
+- Bounded memory per connection. Twisted keeps whatever a websocket could
+  not write yet in its transport, without limit: a client that never reads
+  made the server hold every message of its room. A connection with more
+  than CHAT_SEND_BUFFER_LIMIT bytes unsent is closed with 1008 (policy
+  violation) and logged; if the client does not read that close frame
+  either, the connection is dropped CLOSE_TIMEOUT seconds later and its
+  buffer with it.
+- A close with any code the websocket protocol allows (1008, 1011, 1012,
+  1013 included: daphne passes the application's code to autobahn's
+  sendClose(), which raises for anything but 1000 and 3000-4999).
 - A send to a websocket that is already closing (the client's close frame
   arrived, the application has not read websocket.disconnect yet) is
   dropped, as daphne drops one to a closed connection, instead of raising
@@ -39,8 +49,39 @@ from .mailbox import Mailbox
 
 logger = logging.getLogger(__name__)
 
+# Seconds a websocket closed for its unsent data has to read the close frame
+# before it is dropped (autobahn's close handshake timeout, 1 s by default, is
+# for clients that read).
+CLOSE_TIMEOUT = 5
+
+
+def unsent_bytes(transport):
+    """What a Twisted TCP transport holds that the kernel has not taken yet (0 for a transport it cannot tell)."""
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    except AttributeError:
+        return 0
+
+
+def configured_send_buffer_limit():
+    """CHAT_SEND_BUFFER_LIMIT from the chat's settings; None when the application is not the chat (no Django)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return getattr(settings, "CHAT_SEND_BUFFER_LIMIT", None)
+    except ImproperlyConfigured:
+        return None
+
 
 class ChatServer(Server):
+    send_buffer_limit = None  # bytes; from the settings when the server runs
+
+    def run(self):
+        # The application (and with it Django's settings) is loaded by now.
+        self.send_buffer_limit = configured_send_buffer_limit()
+        super().run()
+
     def create_application(self, protocol, scope):
         if scope["type"] == "websocket":
             scope["extensions"] = {"websocket.http.response": {}}
@@ -54,7 +95,38 @@ class ChatServer(Server):
             if kind in ("websocket.http.response.start", "websocket.http.response.body"):
                 self.deny(protocol, message)
                 return
+            if kind == "websocket.close" and protocol.state == protocol.STATE_OPEN:
+                self.close(protocol, message)
+                return
         await super().handle_reply(protocol, message)
+        if kind == "websocket.send" and self.send_buffer_limit:
+            self.check_send_buffer(protocol)
+
+    def check_send_buffer(self, protocol):
+        unsent = unsent_bytes(protocol.transport)
+        if unsent <= self.send_buffer_limit or protocol.state != protocol.STATE_OPEN:
+            return
+        logger.warning(
+            "Closing the websocket of %s (%s) with 1008: %d bytes unsent, over CHAT_SEND_BUFFER_LIMIT (%d); "
+            "the client does not read",
+            "%s:%s" % tuple(protocol.client_addr) if protocol.client_addr else "?",
+            protocol.path.decode("ascii", "replace"), unsent, self.send_buffer_limit,
+        )
+        protocol.closeHandshakeTimeout = CLOSE_TIMEOUT
+        protocol.sendCloseFrame(code=1008, reasonUtf8=b"Too much unsent data: reconnect with since")
+
+    def close(self, protocol, message):
+        """Sends the application's close frame with any code RFC 6455 lets an endpoint send.
+
+        daphne closes through autobahn's sendClose(), which refuses every code
+        but 1000 and 3000-4999 with an exception into the application: 1008,
+        1011, 1012 (restart) and 1013 (try again later) included.
+        """
+        code = message.get("code") or 1000
+        if not (1000 <= code <= 1014 and code not in (1004, 1005, 1006) or 3000 <= code <= 4999):
+            code = 1000
+        reason = (message.get("reason") or "").encode("utf-8")[:123]
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason or None)
 
     def deny(self, protocol, message):
         """The websocket denial response, as daphne's serverReject() with the application's status."""
