@@ -14,6 +14,9 @@ import time
 import pytest
 import redis
 import websockets
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from chat.dispatch import RelayDispatchMixin, dispatch_from
 
 from .live_server import ORIGIN, LiveServer, private_redis
 
@@ -103,3 +106,117 @@ def test_no_subscription_or_membership_is_left_after_clients_leave_a_busy_room(k
             f"(and {len(left) - len(specific)} group channels): {left[:5]}"
         )
         assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+# The same, in one process: what dispatch_from and RelayDispatchMixin promise.
+
+
+def waits_forever_after(*messages):
+    pending = list(messages)
+
+    async def source():
+        if pending:
+            return pending.pop(0)
+        await asyncio.Event().wait()
+
+    return source
+
+
+async def test_a_running_handler_finishes_when_the_other_source_fails():
+    finished = []
+    started = asyncio.Event()
+
+    async def handler(message):
+        started.set()
+        await asyncio.sleep(0.05)
+        finished.append(message)
+
+    async def failing():
+        await started.wait()
+        raise ConnectionError("layer gone")
+
+    for sources in ([waits_forever_after("slow"), failing], [failing, waits_forever_after("slow")]):
+        finished.clear()
+        started.clear()
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(dispatch_from(sources, handler), 5)
+        assert finished == ["slow"]  # Channels lets it finish too; only then does the failure end the loop
+
+
+class Layer:
+    """A channel layer that records what a consumer leaves behind it."""
+
+    def __init__(self):
+        self.inbox = asyncio.Queue()
+        self.calls = []
+
+    async def new_channel(self):
+        return "specific.1"
+
+    async def receive(self, channel):
+        return await self.inbox.get()
+
+    async def group_add(self, group, channel):
+        pass
+
+    async def group_discard(self, group, channel):
+        self.calls.append(("group_discard", group, channel))
+
+    async def delete_channel(self, channel):
+        self.calls.append(("delete_channel", channel))
+
+
+class Consumer(RelayDispatchMixin, AsyncWebsocketConsumer):
+    groups = ["room"]
+
+    async def connect(self):
+        await self.accept()
+
+    async def disconnect(self, code):
+        self.channel_layer.calls.append(("disconnect", code))
+
+    async def chat_message(self, event):
+        raise ConnectionResetError("the client is gone")  # as uvicorn's ClientDisconnected
+
+
+async def run_consumer(layer, events, monkeypatch):
+    monkeypatch.setattr("chat.dispatch.get_channel_layer", lambda alias: layer)
+    inbox = asyncio.Queue()
+    for event in events:
+        inbox.put_nowait(event)
+
+    async def send(message):
+        pass
+
+    return Consumer.as_asgi()({"type": "websocket", "path": "/"}, inbox.get, send)
+
+
+async def test_a_consumer_ended_by_a_failing_handler_leaves_its_groups_and_its_channel(monkeypatch):
+    layer = Layer()
+    consumer = await run_consumer(layer, [{"type": "websocket.connect"}], monkeypatch)
+    task = asyncio.ensure_future(consumer)
+    await asyncio.sleep(0.01)
+    layer.inbox.put_nowait({"type": "chat.message"})
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(task, 5)
+    assert layer.calls == [("group_discard", "room", "specific.1"), ("disconnect", 1006),
+                           ("delete_channel", "specific.1")]
+
+
+async def test_a_consumer_that_said_goodbye_is_cleaned_up_once(monkeypatch):
+    layer = Layer()
+    events = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+    await asyncio.wait_for(await run_consumer(layer, events, monkeypatch), 5)
+    assert layer.calls == [("group_discard", "room", "specific.1"), ("disconnect", 1000),
+                           ("delete_channel", "specific.1")]
+
+
+async def test_a_cancelled_consumer_is_cleaned_up_too(monkeypatch):
+    layer = Layer()
+    task = asyncio.ensure_future(await run_consumer(layer, [{"type": "websocket.connect"}], monkeypatch))
+    await asyncio.sleep(0.01)
+    task.cancel()  # daphne's application_close_timeout, or a server shutting down
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert layer.calls == [("group_discard", "room", "specific.1"), ("disconnect", 1006),
+                           ("delete_channel", "specific.1")]
