@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError
 from django.utils import timezone
 
@@ -105,6 +106,11 @@ def restriction(account, guest_name, address, room=None):
 
 
 @database_sync_to_async
+def may_enter(room, user):
+    return Room.may_user_enter(room, user)
+
+
+@database_sync_to_async
 def delete_message(room, message_id, account):
     """Deletes a message of the room for its author or a moderator; returns an error (text, code) or None."""
     message = Message.objects.filter(room=room, id=message_id, deleted=None).first()
@@ -197,8 +203,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             metrics.refused_for_room_name.inc()
             await self.close()  # before accept: the handshake is refused (HTTP 403)
             return
-        user = self.scope.get("user")
-        if user is not None and user.is_authenticated:
+        self.user = user = self.scope.get("user") or AnonymousUser()
+        if user.is_authenticated:
             self.account = user
         elif settings.CHAT_GUESTS == "off":
             metrics.refused_for_sign_in.inc()
@@ -210,6 +216,10 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         if await restriction(self.account, self.guest_name, self.address):
             metrics.refused_for_ban.inc()
             await self.close()
+            return
+        if not await may_enter(self.room, self.user):
+            metrics.refused_for_private_room.inc()
+            await self.close()  # as for a room that does not exist: HTTP 403, nothing sent
             return
         self.group = protocol.group_name(self.room)
         self.bucket = TokenBucket(settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
@@ -367,6 +377,11 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         except Exception:
             # Deleted for every later history and resync; pages open now keep it until they reload.
             logger.exception("Could not broadcast the deletion of message %s in room %r", message_id, self.room)
+
+    async def chat_access(self, event):
+        """The room's access changed (made private, a member removed): leave if this client may no longer see it."""
+        if not await may_enter(self.room, self.user):
+            await self.close(code=4403)
 
     async def chat_deleted(self, event):
         await self.send(text_data=protocol.deleted(event["id"]))

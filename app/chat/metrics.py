@@ -30,6 +30,7 @@ refused_for_room_name = handshakes_refused.labels(reason="room_name")  # not a v
 refused_for_channel_layer = handshakes_refused.labels(reason="channel_layer")  # group_add failed
 refused_for_sign_in = handshakes_refused.labels(reason="sign_in")  # a guest, and CHAT_GUESTS is off
 refused_for_ban = handshakes_refused.labels(reason="banned")  # banned from the site
+refused_for_private_room = handshakes_refused.labels(reason="private")  # not a member of a private room
 
 messages_received = Counter("chat_messages_received_total", "Valid message frames received from clients.")
 messages_stored = Counter("chat_messages_stored_total", "Messages stored in the database.")

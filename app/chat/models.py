@@ -15,9 +15,32 @@ class Room(models.Model):
 
     name = models.CharField(max_length=64, unique=True)
     last_seq = models.PositiveBigIntegerField(default=0)
+    # The account that posted first, or opened the room's settings first: it
+    # may make the room private and say who its members are (so may staff).
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    private = models.BooleanField(
+        default=False, help_text="Only its members, its creator and staff see it: to anyone else it does not exist."
+    )
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="private_rooms")
 
     def __str__(self):
         return self.name
+
+    def may_manage(self, user):
+        return user.is_authenticated and (user.is_staff or (self.created_by_id is not None and user.pk == self.created_by_id))
+
+    def may_enter(self, user):
+        if not self.private:
+            return True
+        return self.may_manage(user) or (user.is_authenticated and self.members.filter(pk=user.pk).exists())
+
+    @classmethod
+    def may_user_enter(cls, name, user):
+        """Whether `user` may see room `name` (a room without a row is public)."""
+        room = cls.objects.filter(name=name).first()
+        return room is None or room.may_enter(user)
 
 
 class MessageManager(models.Manager):
@@ -29,7 +52,7 @@ class MessageManager(models.Manager):
         resend until it sees its ack.
         """
         with transaction.atomic():
-            room_row, _ = Room.objects.select_for_update().get_or_create(name=room)
+            room_row, _ = Room.objects.select_for_update().get_or_create(name=room, defaults={"created_by": author})
             if client_id is not None:
                 earlier = self.filter(room=room, user=user, client_id=client_id).first()
                 if earlier is not None:

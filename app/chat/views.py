@@ -5,11 +5,18 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
+from asgiref.sync import async_to_sync
+from django import forms
+from django.contrib.auth import get_user_model
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 
-from . import protocol
+from accounts.models import NameKey
+
+from . import names, protocol
+from .models import Room
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 3  # seconds per check; a load balancer's probe gives up soon after
@@ -25,6 +32,9 @@ def room(request, room_name):
     signed_in = request.user.is_authenticated
     if not signed_in and settings.CHAT_GUESTS == "off":
         return redirect_to_login(request.get_full_path())
+    room_row = Room.objects.filter(name=room_name).first()
+    if room_row is not None and not room_row.may_enter(request.user):
+        raise Http404("No such room.")  # a private room does not exist for those outside it
     nickname = ""
     if signed_in:
         nickname = request.user.get_username()
@@ -49,8 +59,57 @@ def room(request, room_name):
                 "signedIn": signed_in,
                 "canPost": signed_in or settings.CHAT_GUESTS == "post",
             },
+            "may_manage": signed_in and (room_row is None or room_row.may_manage(request.user)),
         },
     )
+
+
+class RoomSettingsForm(forms.Form):
+    private = forms.BooleanField(required=False, help_text="Only the members below, you and staff may enter.")
+    members = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6}),
+        help_text="Account names, one per line.",
+    )
+
+    def clean_members(self):
+        wanted = [line.strip() for line in self.cleaned_data["members"].splitlines() if line.strip()]
+        keys = {names.key(name): name for name in wanted}
+        found = dict(NameKey.objects.filter(key__in=keys).values_list("key", "user_id"))
+        unknown = [name for key, name in keys.items() if key not in found]
+        if unknown:
+            raise forms.ValidationError(f"No account called {', '.join(unknown)}.")
+        return list(found.values())
+
+
+def room_settings(request, room_name):
+    """Make a room private and say who its members are: its creator and staff only."""
+    if not protocol.is_valid_room_name(room_name):
+        raise Http404("A room name is 1 to 64 letters, digits, '_' or '-'.")
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    # Whoever opens an unclaimed room's settings first is its creator.
+    room_row, _ = Room.objects.get_or_create(name=room_name, defaults={"created_by": request.user})
+    if not room_row.may_manage(request.user):
+        if not room_row.may_enter(request.user):
+            raise Http404("No such room.")
+        raise PermissionDenied("Only the room's creator and staff may change its settings.")
+    initial = {
+        "private": room_row.private,
+        "members": "\n".join(room_row.members.order_by("username").values_list("username", flat=True)),
+    }
+    form = RoomSettingsForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        room_row.private = form.cleaned_data["private"]
+        room_row.save(update_fields=["private"])
+        room_row.members.set(get_user_model().objects.filter(pk__in=form.cleaned_data["members"]))
+        # Open connections of people who may no longer enter are closed (4403).
+        try:
+            async_to_sync(get_channel_layer().group_send)(protocol.group_name(room_name), {"type": "chat.access"})
+        except Exception:
+            logger.exception("Could not tell room %r that its access changed", room_name)
+        return redirect("chat:room", room_name=room_name)
+    return render(request, "chat/room_settings.html", {"room_name": room_name, "form": form, "room": room_row})
 
 
 @database_sync_to_async

@@ -1,0 +1,82 @@
+"""Private rooms: only members, the creator and staff see them; to anyone else they do not exist."""
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from chat.models import Room
+from chatsite.asgi import application
+
+from .test_consumer import ORIGIN, receive, store
+from .test_identity import as_user, signed_in_cookie
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def signed_in_client(username):
+    user = get_user_model().objects.get_or_create(username=username)[0]
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def make_private(owner, room, *members):
+    client = signed_in_client(owner)
+    answer = client.post(f"/chat/{room}/settings/", {"private": "on", "members": "\n".join(members)})
+    assert answer.status_code == 302, answer.content[:500]
+    return client
+
+
+async def test_a_private_room_is_refused_to_a_non_member_and_its_history_never_sent(channel_layer):
+    await database_sync_to_async(signed_in_client)("bob")
+    await database_sync_to_async(make_private)("ann", "secret", "Bob")
+    await store("secret", "for members only")
+    carol = as_user("/ws/chat/secret/", await signed_in_cookie("carol"))
+    guest = WebsocketCommunicator(application, "/ws/chat/secret/", headers=[(b"origin", ORIGIN)])
+    for outsider in (carol, guest):
+        assert not (await outsider.connect(timeout=5))[0]
+    bob = as_user("/ws/chat/secret/", await database_sync_to_async(session_cookie)("bob"))
+    assert (await bob.connect(timeout=5))[0]
+    assert (await receive(bob))["message"] == "for members only"
+    await bob.disconnect()
+
+
+def session_cookie(username):
+    client = signed_in_client(username)
+    return f"sessionid={client.cookies['sessionid'].value}".encode()
+
+
+def test_a_private_room_page_is_404_to_others_and_its_settings_only_for_its_creator_and_staff():
+    signed_in_client("bob")
+    make_private("ann", "secret", "bob")
+    assert signed_in_client("bob").get("/chat/secret/").status_code == 200
+    assert signed_in_client("ann").get("/chat/secret/").status_code == 200
+    carol = signed_in_client("carol")
+    assert carol.get("/chat/secret/").status_code == 404
+    assert carol.get("/chat/secret/settings/").status_code == 404
+    assert signed_in_client("bob").get("/chat/secret/settings/").status_code == 403
+    assert Client().get("/chat/secret/").status_code == 404
+    staff = get_user_model().objects.create_user("staff", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    assert client.get("/chat/secret/").status_code == 200
+    assert client.post("/chat/secret/settings/", {"members": ""}).status_code == 302
+    assert not Room.objects.get(name="secret").private
+    assert carol.get("/chat/secret/").status_code == 200  # public again
+
+
+def test_members_must_be_accounts():
+    client = signed_in_client("ann")
+    answer = client.post("/chat/secret/settings/", {"private": "on", "members": "nobody"})
+    assert answer.status_code == 200 and "No account called nobody" in answer.content.decode()
+
+
+async def test_a_member_removed_is_disconnected(channel_layer):
+    await database_sync_to_async(signed_in_client)("bob")
+    owner = await database_sync_to_async(make_private)("ann", "secret", "bob")
+    bob = as_user("/ws/chat/secret/", await database_sync_to_async(session_cookie)("bob"))
+    assert (await bob.connect(timeout=5))[0]
+    await database_sync_to_async(owner.post)("/chat/secret/settings/", {"private": "on", "members": ""})
+    assert (await bob.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
