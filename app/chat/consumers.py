@@ -15,7 +15,7 @@ from accounts.models import NameKey
 from . import metrics, names, protocol
 from .dispatch import RelayDispatchMixin
 from .models import Message, ModerationLog, Restriction, Room
-from .ratelimit import TokenBucket
+from .ratelimit import TokenBucket, shared_limiter
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +286,10 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 incoming.client_id,
             )
             return
-        if not self.bucket.take():
+        allowed = await shared_limiter().take(self.rate_key(), settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
+        if allowed is None:  # the shared count is unavailable: this connection's own bucket decides
+            allowed = self.bucket.take()
+        if not allowed:
             await self.send_error(
                 f"Too many messages: at most {settings.CHAT_RATE_PER_SECOND:g} a second "
                 f"(bursts of {settings.CHAT_RATE_BURST}). This one was not sent.",
@@ -335,6 +338,15 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             resync_group_later(self.channel_layer, self.group)
         else:
             metrics.messages_broadcast.inc()
+
+    def rate_key(self):
+        """Whose budget a message comes out of: the account's, the guest session's, or the address's."""
+        if self.account is not None:
+            return f"user:{self.account.pk}"
+        session = self.scope.get("session")
+        if session is not None and session.session_key:
+            return f"session:{session.session_key}"
+        return f"address:{self.address}"
 
     async def sender_name(self, incoming):
         """Who is posting: the account, whatever the frame says; else the guest's held nickname.

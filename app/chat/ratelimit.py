@@ -1,4 +1,7 @@
+import logging
 import time
+
+logger = logging.getLogger(__name__)
 
 
 class TokenBucket:
@@ -22,3 +25,94 @@ class TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+
+# GCRA (the generic cell rate algorithm) in one Lua script, so that every app
+# process and host shares a client's budget through the Redis the channel
+# layer already uses: a key per client holds the "theoretical arrival time"
+# of its next message. Same behaviour as TokenBucket (`burst` at once, then
+# `rate` a second). Written here rather than taken from a library: it is the
+# one script, on a connection the chat already has, and the libraries that
+# offer it (limits, redis-cell) bring their own storage layers or a Redis
+# module.
+GCRA = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > interval * (burst - 1) then return 0 end
+tat = tat + interval
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
+return 1
+"""
+KEY_PREFIX = "chat:rate:"
+
+
+class SharedRateLimiter:
+    """Allows each client `rate` messages a second and bursts of `burst`, across all its connections.
+
+    Kept in Redis (the channel layer's first server) when the site has one,
+    so every app process and host counts the same budget; in this process
+    only otherwise (runserver, one process). If Redis fails, the caller's
+    per-connection bucket decides meanwhile: a limit is not worth refusing
+    every message over.
+    """
+
+    def __init__(self, redis_client=None, local_keys=100_000):
+        self.redis = redis_client
+        self.script = redis_client.register_script(GCRA) if redis_client is not None else None
+        self.local = {}
+        self.local_keys = local_keys
+
+    async def take(self, key, rate, burst):
+        """True when the client under `key` may send one more message now; None when Redis could not say."""
+        if self.script is None:
+            return self.take_locally(key, rate, burst)
+        try:
+            return bool(await self.script(keys=[KEY_PREFIX + key], args=[1.0 / rate, burst]))
+        except Exception as error:  # Redis down or refusing: the per-connection bucket decides
+            logger.warning("Shared rate limit unavailable (%s); counting per connection meanwhile", error)
+            return None
+
+    def take_locally(self, key, rate, burst):
+        bucket = self.local.get(key)
+        if bucket is None:
+            if len(self.local) >= self.local_keys:
+                self.local.pop(next(iter(self.local)))  # the oldest client: its bucket is most likely full again
+            bucket = self.local[key] = TokenBucket(rate, burst)
+        return bucket.take()
+
+
+_limiters = {}
+
+
+def shared_limiter():
+    """This event loop's SharedRateLimiter, on the Redis the channel layer is configured with."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    limiter = _limiters.get(loop)
+    if limiter is None:
+        for old in [old for old in _limiters if old.is_closed()]:
+            del _limiters[old]
+        limiter = _limiters[loop] = SharedRateLimiter(redis_from_layer_settings())
+    return limiter
+
+
+def redis_from_layer_settings():
+    """A client of the channel layer's first Redis server (or Sentinel master); None for the in-memory layer."""
+    from django.conf import settings
+    from redis import asyncio as aioredis
+    from redis.asyncio.sentinel import Sentinel
+
+    hosts = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts") or []
+    if not hosts:
+        return None
+    host = hosts[0]
+    if "sentinels" in host:
+        password = host.get("password")
+        sentinel = Sentinel(host["sentinels"], sentinel_kwargs={"password": password} if password else {})
+        return sentinel.master_for(host["master_name"], password=password)
+    return aioredis.Redis.from_url(host["address"])
