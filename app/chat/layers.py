@@ -6,7 +6,7 @@ idle connection. The layer only ever puts into that queue without waiting
 and has one reader, so a Mailbox (chat.mailbox), which allocates nothing
 until a message has to wait, does the same job.
 
-Two more things channels-redis does not do:
+Three more things channels-redis does not do:
 
 - delete_channel(), the antithesis of new_channel(): drops the channel's
   mailbox, its Redis subscription and its group memberships, whatever state
@@ -20,6 +20,12 @@ Two more things channels-redis does not do:
   {"type": "chat.resync"} message: whatever was published while the
   connection was down is lost to pub/sub, so each consumer catches up from
   the database.
+- A bound on what waits for a consumer. A consumer that cannot send (uvicorn
+  makes a send wait while the client does not read) lets its channel's
+  messages pile up without limit. Past CHAT_SEND_BUFFER_LIMIT bytes the
+  waiting chat.message events are dropped for one chat.resync: they are in
+  the database, and the consumer catches up from there, a page at a time,
+  when its client reads again (other events are kept).
 """
 
 import asyncio
@@ -36,6 +42,55 @@ from .mailbox import Mailbox
 logger = logging.getLogger(__name__)
 
 RESYNC = {"type": "chat.resync"}
+
+
+class _ChannelMailbox(Mailbox):
+    """A channel's Mailbox, which holds at most the layer's mailbox_limit bytes of messages waiting to be read."""
+
+    __slots__ = ("queued", "layer")
+
+    def __init__(self, layer):
+        super().__init__()
+        self.queued = 0  # bytes waiting (items handed straight to a waiting reader are not counted)
+        self.layer = layer
+
+    def put_nowait(self, item):
+        waiter = self._waiter
+        super().put_nowait(item)
+        if waiter is None or waiter.done():
+            self.queued += len(item)
+            if self.layer.mailbox_limit is not None and self.queued > self.layer.mailbox_limit:
+                self.collapse()
+
+    async def get(self):
+        if self._items:
+            item = await super().get()
+            self.queued -= len(item)
+            return item
+        return await super().get()
+
+    def collapse(self):
+        """Replaces the waiting chat.message events by one chat.resync; the other events stay, in order."""
+        deserialize = self.layer.channel_layer.deserialize
+        kept = [item for item in self._items if deserialize(item).get("type") not in ("chat.message", "chat.resync")]
+        dropped = len(self._items) - len(kept)
+        kept.append(self.layer.channel_layer.serialize(RESYNC))
+        self._items.clear()
+        self._items.extend(kept)
+        before, self.queued = self.queued, sum(map(len, kept))
+        logger.warning("A consumer fell %d bytes behind its channel (over CHAT_SEND_BUFFER_LIMIT): %d waiting "
+                       "chat messages replaced by a resync", before, dropped)
+
+
+def send_buffer_limit():
+    """CHAT_SEND_BUFFER_LIMIT, or None outside the chat (no Django settings)."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return getattr(settings, "CHAT_SEND_BUFFER_LIMIT", None)
+    except ImproperlyConfigured:
+        return None
 
 
 def _name(key):
@@ -137,9 +192,10 @@ class _LoopLayer(RedisPubSubLoopLayer):
         super().__init__(*args, **kwargs)
         self._shards = [_Shard(shard.host, self) for shard in self._shards]
         self._memberships = {}  # channel -> the group channels it is in (a tuple: most are in one)
+        self.mailbox_limit = send_buffer_limit()
 
     async def _subscribe_to_channel(self, channel):
-        self.channels[channel] = Mailbox()
+        self.channels[channel] = _ChannelMailbox(self)
         try:
             await self._get_shard(channel).subscribe(channel)
         except BaseException:

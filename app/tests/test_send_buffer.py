@@ -149,3 +149,42 @@ def test_chat_daphne_closes_with_every_code_an_endpoint_may_send(asked, sent):
     websocket = FakeWebSocket()
     ChatServer.close(None, websocket, {"type": "websocket.close", "code": asked, "reason": "restarting"})
     assert websocket.frames == [(sent, b"restarting")]
+
+
+# Under uvicorn a send waits while the client does not read (its transport pauses the writer past 64 KiB), so
+# what piles up is the channel's mailbox in the layer: bounded by the same limit.
+
+
+async def test_a_consumer_that_cannot_keep_up_gets_a_resync_instead_of_an_unbounded_mailbox(redis_url, settings):
+    from chat.layers import LeanRedisPubSubChannelLayer
+
+    settings.CHAT_SEND_BUFFER_LIMIT = 65536
+    layer = LeanRedisPubSubChannelLayer(hosts=[{"address": redis_url}], prefix="slowpoke")
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        mailbox = layer._get_layer().channels[channel]
+        for n in range(200):  # 200 KiB for a reader that reads nothing
+            await layer.group_send("room", {"type": "chat.message", "id": n, "text": "x" * 1024})
+            if n == 100:
+                await layer.send(channel, {"type": "chat.deleted", "id": 7})
+        await layer.send(channel, {"type": "chat.message", "id": "last", "text": ""})
+        deadline = asyncio.get_running_loop().time() + 10
+        while not any(b"last" in item for item in (mailbox._items or ())):
+            assert asyncio.get_running_loop().time() < deadline, "the messages did not arrive"
+            await asyncio.sleep(0.05)
+        assert mailbox.queued <= 65536
+        got = []
+        while mailbox.qsize():
+            got.append(await layer.receive(channel))
+        types = [event["type"] for event in got]
+        assert "chat.deleted" in types, "only chat messages, which the database holds, may be dropped"
+        assert "chat.resync" in types
+        assert types.index("chat.deleted") < types.index("chat.resync")
+        assert got[-1]["id"] == "last"
+        assert types.count("chat.resync") == 1
+        after = [event["id"] for event in got[types.index("chat.resync") + 1:-1]]
+        assert after == list(range(after[0], 200)) if after else True  # what came after it: all, in order
+        assert mailbox.queued == 0
+    finally:
+        await layer.flush()
