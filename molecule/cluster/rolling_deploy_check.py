@@ -54,11 +54,28 @@ class Client:
         self.last_id = max(self.last_id, data["id"])
         self.pending.pop(data["message"], None)
 
+    def session_cookie(self):
+        """The session a browser gets from the room page: the chat's rate limit counts per session.
+
+        (A client without one is counted by its address, and the clients here
+        all come from the control node's.)
+        """
+        page = self.url.replace("ws://", "http://", 1).replace("/ws/chat/", "/chat/", 1)
+        with urllib.request.urlopen(page, timeout=TIMEOUT) as response:
+            cookies = response.headers.get_all("Set-Cookie") or []
+        session = [cookie.split(";")[0] for cookie in cookies if cookie.startswith("sessionid=")]
+        if not session:
+            raise SystemExit(f"FAILED: {page} set no session cookie (got {cookies})")
+        return session[0]
+
     async def run(self, sending, finished):
+        cookie = await asyncio.get_running_loop().run_in_executor(None, self.session_cookie)
         while not (finished.is_set() and not self.pending):
             url = self.url + (f"?since={self.last_id}" if self.last_id else "")
             try:
-                async with websockets.connect(url, origin=self.origin, open_timeout=TIMEOUT) as socket:
+                async with websockets.connect(
+                    url, origin=self.origin, open_timeout=TIMEOUT, additional_headers={"Cookie": cookie}
+                ) as socket:
                     self.connections += 1
                     reader = asyncio.create_task(self.read(socket))
                     for text in list(self.pending):
