@@ -85,12 +85,8 @@ class _ChannelMailbox(Mailbox):
 def send_buffer_limit():
     """CHAT_SEND_BUFFER_LIMIT, or None outside the chat (no Django settings)."""
     from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
 
-    try:
-        return getattr(settings, "CHAT_SEND_BUFFER_LIMIT", None)
-    except ImproperlyConfigured:
-        return None
+    return getattr(settings, "CHAT_SEND_BUFFER_LIMIT", None) if settings.configured else None
 
 
 def _name(key):

@@ -66,12 +66,9 @@ def unsent_bytes(transport):
 def configured_send_buffer_limit():
     """CHAT_SEND_BUFFER_LIMIT from the chat's settings; None when the application is not the chat (no Django)."""
     from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
 
-    try:
-        return getattr(settings, "CHAT_SEND_BUFFER_LIMIT", None)
-    except ImproperlyConfigured:
-        return None
+    # Configured by the time the server runs, when the application is the chat (chatsite.asgi sets Django up).
+    return getattr(settings, "CHAT_SEND_BUFFER_LIMIT", None) if settings.configured else None
 
 
 class ChatServer(Server):
