@@ -107,7 +107,7 @@ class RelayDispatchMixin:
     subclasses (listed first, before the consumer class).
     """
 
-    released = False  # whether the consumer's own clean-up (websocket_disconnect) has run
+    disconnect_handled = False  # whether websocket_disconnect (the consumer's own clean-up) has run
 
     async def __call__(self, scope, receive, send):
         self.scope = scope
@@ -130,20 +130,20 @@ class RelayDispatchMixin:
             if self.channel_layer is not None:
                 # A second cancellation (a server that gives up waiting) must
                 # not cut the clean-up short: it goes on in its own task.
-                await asyncio.shield(asyncio.ensure_future(self.release()))
+                await asyncio.shield(asyncio.ensure_future(self.release_channel()))
 
     async def websocket_disconnect(self, message):
-        self.released = True
+        self.disconnect_handled = True
         await super().websocket_disconnect(message)
 
-    async def release(self):
+    async def release_channel(self):
         """Leaves the consumer's groups (unless websocket_disconnect did) and lets go of its channel."""
-        if not self.released:
+        if not self.disconnect_handled:
             # The client never said goodbye (uvicorn raised ClientDisconnected
             # into a handler, a handler failed, the server cancelled us): the
             # same clean-up as Channels' websocket_disconnect, with 1006, the
             # code for a connection that ended without a close frame.
-            self.released = True
+            self.disconnect_handled = True
             try:
                 for group in self.groups or ():
                     await self.channel_layer.group_discard(group, self.channel_name)
