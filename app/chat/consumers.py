@@ -1,4 +1,5 @@
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from django.utils import timezone
 
 from accounts.models import NameKey
 
-from . import metrics, names, protocol
+from . import metrics, names, presence, protocol
 from .dispatch import RelayDispatchMixin
 from .models import Message, ModerationLog, Restriction, Room
 from .ratelimit import TokenBucket, shared_limiter
@@ -184,6 +185,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     held = None  # seq -> chat.message event that came before the ones it follows
     gap_task = None
     account = None  # the signed-in user (from the session), or None for a guest
+    present_as = None  # (name, guest) this connection counts as in the room's presence
     guest_name = None  # a guest's nickname, held for the connection and its session
 
     async def __call__(self, scope, receive, send):
@@ -247,8 +249,32 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         else:
             metrics.resyncs.inc()
             await self.resync(since, asked=False)
+        self.presence = presence.for_this_loop(self.channel_layer)
+        self.show_as(self.account.get_username() if self.account else self.guest_name, self.account is None)
+        if protocol.wants_presence(self.scope["query_string"]):
+            try:
+                await self.channel_layer.group_add(presence.subscribers(self.group), self.channel_name)
+            except Exception as error:  # the chat works without it: no presence frames for this client
+                logger.warning("Could not subscribe a client of room %r to its presence: %r", self.room, error)
+            else:
+                # Channels' websocket_disconnect (or chat.dispatch's clean-up) leaves it.
+                self.groups = [*self.groups, presence.subscribers(self.group)]
+                await self.send(text_data=json.dumps(await self.presence.now(self.group)))
+
+    def show_as(self, name, guest):
+        """Counts this connection in the room's presence as `name` (None: a guest without a nickname)."""
+        person = (name, guest)
+        if person == self.present_as:
+            return
+        if self.present_as is not None:
+            self.presence.leave(self.group, self.present_as)
+        self.present_as = person
+        self.presence.join(self.group, person)
 
     async def disconnect(self, code):
+        if self.present_as is not None:
+            self.presence.leave(self.group, self.present_as)
+            self.present_as = None
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
@@ -376,6 +402,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                     protocol.NAME_TAKEN,
                 )
             self.guest_name = name
+            self.show_as(name, True)
             await session_set(self.scope.get("session"), GUEST_NAME_KEY, name)
         return name
 
@@ -394,6 +421,9 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         """The room's access changed (made private, a member removed): leave if this client may no longer see it."""
         if not await may_enter(self.room, self.user):
             await self.close(code=4403)
+
+    async def chat_presence(self, event):
+        await self.send(text_data=json.dumps({"presence": event["presence"], "anonymous": event["anonymous"]}))
 
     async def chat_deleted(self, event):
         await self.send(text_data=protocol.deleted(event["id"]))
@@ -444,6 +474,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.chat_message(message)
         elif message["type"] == "chat.deleted":
             await self.chat_deleted(message)
+        elif message["type"] == "chat.presence":
+            await self.chat_presence(message)
         else:
             await super().dispatch(message)
 

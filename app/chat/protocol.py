@@ -203,6 +203,11 @@ def parse_since(query_string):
     return since
 
 
+def wants_presence(query_string):
+    """Whether the client asked for presence frames (?presence=1): clients written before them never get one."""
+    return parse_qs(query_string.decode("latin-1")).get("presence", ["0"])[-1] in ("1", "true", "yes")
+
+
 def outgoing(message, history=False, resync=False):
     """The JSON text every client in the room receives for a stored message."""
     payload = {

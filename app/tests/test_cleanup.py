@@ -180,6 +180,12 @@ class Consumer(RelayDispatchMixin, AsyncWebsocketConsumer):
 
 
 async def run_consumer(layer, events, monkeypatch):
+    """Runs Consumer on `layer` with these websocket events.
+
+    Channels' dispatch closes old database connections before each handler;
+    the tests that run it are marked django_db, or a connection an earlier
+    test left in the worker thread would count as database access.
+    """
     monkeypatch.setattr("chat.dispatch.get_channel_layer", lambda alias: layer)
     inbox = asyncio.Queue()
     for event in events:
@@ -191,6 +197,7 @@ async def run_consumer(layer, events, monkeypatch):
     return Consumer.as_asgi()({"type": "websocket", "path": "/"}, inbox.get, send)
 
 
+@pytest.mark.django_db
 async def test_a_consumer_ended_by_a_failing_handler_leaves_its_groups_and_its_channel(monkeypatch):
     layer = Layer()
     consumer = await run_consumer(layer, [{"type": "websocket.connect"}], monkeypatch)
@@ -203,6 +210,7 @@ async def test_a_consumer_ended_by_a_failing_handler_leaves_its_groups_and_its_c
                            ("delete_channel", "specific.1")]
 
 
+@pytest.mark.django_db
 async def test_a_consumer_that_said_goodbye_is_cleaned_up_once(monkeypatch):
     layer = Layer()
     events = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
@@ -211,6 +219,7 @@ async def test_a_consumer_that_said_goodbye_is_cleaned_up_once(monkeypatch):
                            ("delete_channel", "specific.1")]
 
 
+@pytest.mark.django_db
 async def test_a_cancelled_consumer_is_cleaned_up_too(monkeypatch):
     layer = Layer()
     task = asyncio.ensure_future(await run_consumer(layer, [{"type": "websocket.connect"}], monkeypatch))
