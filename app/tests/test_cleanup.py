@@ -10,6 +10,7 @@ channel is a subscription that was never released, a leftover group channel a me
 import asyncio
 import json
 import time
+from unittest import mock
 
 import pytest
 import redis
@@ -187,6 +188,8 @@ async def run_consumer(layer, events, monkeypatch):
     test left in the worker thread would count as database access.
     """
     monkeypatch.setattr("chat.dispatch.get_channel_layer", lambda alias: layer)
+    # No database here: Channels' per-handler close_old_connections() would meet another test's connection.
+    monkeypatch.setattr("channels.consumer.aclose_old_connections", mock.AsyncMock())
     inbox = asyncio.Queue()
     for event in events:
         inbox.put_nowait(event)
