@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm, UserCreationForm
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from chat import names
 
@@ -14,12 +16,12 @@ def clean_account_name(value, user=None):
     except names.InvalidName as error:
         raise forms.ValidationError(str(error)) from None
     if names.key(name) in names.RESERVED:
-        raise forms.ValidationError(f"{name!r} is reserved: pick another name.")
+        raise forms.ValidationError(_("“%(name)s” is reserved: pick another name.") % {"name": name})
     others = NameKey.objects.filter(key=names.key(name))
     if user is not None and user.pk is not None:
         others = others.exclude(user=user)
     if others.exists():
-        raise forms.ValidationError("That name is taken (names that differ only in case or width are the same).")
+        raise forms.ValidationError(_("That name is taken (names that differ only in case or width are the same)."))
     return name
 
 
@@ -27,7 +29,8 @@ class SignupForm(UserCreationForm):
     class Meta(UserCreationForm.Meta):
         model = get_user_model()
         fields = ("username",)
-        help_texts = {"username": f"Up to {names.MAX_LENGTH} characters; shown beside your messages."}
+        # names.MAX_LENGTH, written out: a lazy translation cannot be formatted at import.
+        help_texts = {"username": gettext_lazy("Up to 32 characters; shown beside your messages.")}
 
     def clean_username(self):
         return clean_account_name(self.cleaned_data["username"])

@@ -12,6 +12,8 @@ so "Admin", "ADMIN" and "ａｄｍｉｎ" are one name.
 import re
 import unicodedata
 
+from django.utils.translation import gettext as _
+
 MAX_LENGTH = 32
 REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 SPACES = re.compile(r"\s+")
@@ -30,13 +32,14 @@ def normalize(name):
     for character in name:
         if unicodedata.category(character) in REFUSED_CATEGORIES and character not in " \t":
             raise InvalidName(
-                f"A name may not hold invisible or control characters (U+{ord(character):04X} is one)."
+                _("A name may not hold invisible or control characters (U+%(code)s is one).")
+                % {"code": f"{ord(character):04X}"}
             )
     name = SPACES.sub(" ", unicodedata.normalize("NFKC", name)).strip()
     if not name:
-        raise InvalidName("A name needs at least one visible character.")
+        raise InvalidName(_("A name needs at least one visible character."))
     if len(name) > MAX_LENGTH:
-        raise InvalidName(f"A name is at most {MAX_LENGTH} characters.")
+        raise InvalidName(_("A name is at most %(count)d characters.") % {"count": MAX_LENGTH})
     return name
 
 

@@ -12,6 +12,8 @@ from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from accounts.models import NameKey
 
@@ -65,11 +67,13 @@ def room(request, room_name):
 
 
 class RoomSettingsForm(forms.Form):
-    private = forms.BooleanField(required=False, help_text="Only the members below, you and staff may enter.")
+    private = forms.BooleanField(
+        required=False, help_text=gettext_lazy("Only the members below, you and staff may enter.")
+    )
     members = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 6}),
-        help_text="Account names, one per line.",
+        help_text=gettext_lazy("Account names, one per line."),
     )
 
     def clean_members(self):
@@ -78,7 +82,7 @@ class RoomSettingsForm(forms.Form):
         found = dict(NameKey.objects.filter(key__in=keys).values_list("key", "user_id"))
         unknown = [name for key, name in keys.items() if key not in found]
         if unknown:
-            raise forms.ValidationError(f"No account called {', '.join(unknown)}.")
+            raise forms.ValidationError(_("No account called %(names)s.") % {"names": ", ".join(unknown)})
         return list(found.values())
 
 
