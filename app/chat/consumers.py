@@ -297,6 +297,18 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.delete(incoming.message_id)
             return
         metrics.messages_received.inc()
+        # The budget first: everything after it reads the database.
+        allowed = await shared_limiter().take(self.rate_key(), settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
+        if allowed is None:  # the shared count is unavailable: this connection's own bucket decides
+            allowed = self.bucket.take()
+        if not allowed:
+            await self.send_error(
+                f"Too many messages: at most {settings.CHAT_RATE_PER_SECOND:g} a second "
+                f"(bursts of {settings.CHAT_RATE_BURST}). This one was not sent.",
+                protocol.RATE_LIMITED,
+                incoming.client_id,
+            )
+            return
         try:
             name = await self.sender_name(incoming)
         except protocol.ProtocolError as error:
@@ -309,17 +321,6 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 f"You are {'banned from this chat' if banned else 'muted in this room'}"
                 f"{until_text(found)}; the message was not sent.",
                 protocol.BANNED if banned else protocol.MUTED,
-                incoming.client_id,
-            )
-            return
-        allowed = await shared_limiter().take(self.rate_key(), settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
-        if allowed is None:  # the shared count is unavailable: this connection's own bucket decides
-            allowed = self.bucket.take()
-        if not allowed:
-            await self.send_error(
-                f"Too many messages: at most {settings.CHAT_RATE_PER_SECOND:g} a second "
-                f"(bursts of {settings.CHAT_RATE_BURST}). This one was not sent.",
-                protocol.RATE_LIMITED,
                 incoming.client_id,
             )
             return
