@@ -55,9 +55,9 @@ class _ChannelMailbox(Mailbox):
         self.layer = layer
 
     def put_nowait(self, item):
-        waiter = self._waiter
+        waits = self._waiter is None or self._waiter.done()  # no reader waiting: the item is queued
         super().put_nowait(item)
-        if waiter is None or waiter.done():
+        if waits:
             self.queued += len(item)
             if self.layer.mailbox_limit is not None and self.queued > self.layer.mailbox_limit:
                 self.collapse()

@@ -188,3 +188,21 @@ async def test_a_consumer_that_cannot_keep_up_gets_a_resync_instead_of_an_unboun
         assert mailbox.queued == 0
     finally:
         await layer.flush()
+
+
+async def test_what_a_waiting_consumer_takes_at_once_is_not_counted_as_waiting(redis_url, settings):
+    from chat.layers import LeanRedisPubSubChannelLayer
+
+    settings.CHAT_SEND_BUFFER_LIMIT = 65536
+    layer = LeanRedisPubSubChannelLayer(hosts=[{"address": redis_url}], prefix="keepsup")
+    try:
+        channel = await layer.new_channel()
+        mailbox = layer._get_layer().channels[channel]
+        for n in range(100):  # 100 KiB in all, each read as it comes
+            reader = asyncio.ensure_future(layer.receive(channel))
+            await asyncio.sleep(0)
+            await layer.send(channel, {"type": "chat.message", "id": n, "text": "x" * 1024})
+            assert (await asyncio.wait_for(reader, 5))["id"] == n
+        assert mailbox.queued == 0
+    finally:
+        await layer.flush()
