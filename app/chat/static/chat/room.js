@@ -33,6 +33,8 @@ const RESEND_MAX_MS = 30000;
 // Refusals after which the server says to send the same message again later.
 // Every other refusal of a message gives its text back to the user.
 const RETRY_LATER = new Set(["store_failed", "broadcast_failed"]);
+// The close code of a connection whose room this user may no longer enter.
+const NO_ACCESS = 4403;
 
 const seen = new Set();
 let lastId = 0; // the cursor: the highest message id shown
@@ -77,10 +79,26 @@ let awaiting = null; // client ids whose answer holds incoming frames back
 let heldFrames = [];
 let answerTimer = null;
 
-userInput.value = localStorage.getItem(NICKNAME_KEY) || "";
-userInput.addEventListener("change", () => {
-  localStorage.setItem(NICKNAME_KEY, userInput.value.trim());
-});
+// Who the page speaks for: a signed-in account posts under its own name
+// whatever the frame says; a guest's nickname is the one the server holds
+// for the session, else the one this browser used last.
+if (config.signedIn) {
+  userInput.value = config.nickname;
+  userInput.readOnly = true;
+  userInput.title = "Signed in: you post under your account's name";
+} else {
+  userInput.value = config.nickname || localStorage.getItem(NICKNAME_KEY) || "";
+  userInput.addEventListener("change", () => {
+    localStorage.setItem(NICKNAME_KEY, userInput.value.trim());
+  });
+}
+// Guests where guests may only read (absent on a server before accounts: may post).
+if (config.canPost === false) {
+  messageInput.disabled = true;
+  messageInput.placeholder = "Sign in to post in this room";
+  form.querySelector("button[type=submit]").disabled = true;
+  userInput.hidden = true;
+}
 
 function setStatus(state, text) {
   statusBadge.className = `status status-${state}`;
@@ -178,9 +196,11 @@ function messageItem(message) {
   // resent to catch up after a reconnect look like live ones.
   item.className = message.history ? "message history" : "message";
   item.dataset.id = message.id;
+  item.dataset.day = localDay(when);
   const user = document.createElement("span");
-  user.className = "user";
+  user.className = message.guest ? "user guest" : "user";
   user.textContent = message.user;
+  if (message.guest) user.title = "guest (not signed in)";
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = message.message;
@@ -245,6 +265,20 @@ function showOlder(messages) {
   log.scrollTop = log.scrollHeight - fromBottom;
 }
 
+// {"deleted": id}: a message deleted for everyone leaves the page, and its
+// day's separator with it when it was the day's last.
+function removeMessage(id) {
+  const item = log.querySelector(`:scope > li.message[data-id="${id}"]`);
+  if (!item) return;
+  const before = item.previousElementSibling;
+  const after = item.nextElementSibling;
+  item.remove();
+  if (before && before.classList.contains("day") && (!after || after.dataset.day !== before.dataset.day)) {
+    before.remove();
+    if (before.dataset.day === lastDay) lastDay = null;
+  }
+}
+
 function setOlderAvailable(more) {
   olderRow.hidden = !more;
   olderButton.disabled = false;
@@ -289,7 +323,7 @@ function pendingItem(entry) {
   item.dataset.clientId = entry.clientId;
   const user = document.createElement("span");
   user.className = "user";
-  user.textContent = entry.user || "anonymous";
+  user.textContent = entry.user || config.nickname || "anonymous";
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = entry.message;
@@ -439,7 +473,7 @@ form.addEventListener("submit", (event) => {
     return;
   }
   const user = userInput.value.trim();
-  localStorage.setItem(NICKNAME_KEY, user);
+  if (!config.signedIn) localStorage.setItem(NICKNAME_KEY, user);
   const entry = { clientId: newClientId(), message: text, user, ts: new Date().toISOString() };
   entry.item = pendingItem(entry);
   const waiting = outbox.length > 0 && outbox.some((e) => e.sentOn !== generation);
@@ -528,6 +562,7 @@ function onFrame(data) {
 
 function onRoomFrame(data) {
   if (typeof data.page === "string") onPageEnd(data);
+  else if (typeof data.deleted === "number") removeMessage(data.deleted);
   else if (typeof data.id === "number") {
     if (loadingOlder && data.history && (lowestId === null || data.id < lowestId)) olderBatch.push(data);
     else show(data);
@@ -569,7 +604,7 @@ function connect() {
     }
     onFrame(data);
   });
-  current.addEventListener("close", () => {
+  current.addEventListener("close", (event) => {
     if (socket !== current) return;
     socket = null;
     clearTimeout(stableTimer);
@@ -581,6 +616,15 @@ function connect() {
     awaiting = null;
     heldFrames = [];
     if (loadingOlder) setOlderAvailable(true); // the request died with the socket
+    if (event.code === NO_ACCESS) {
+      // The room was made private, or this account left its members:
+      // reconnecting would only be refused.
+      setStatus("closed", "no access");
+      showError("You no longer have access to this room.", true);
+      messageInput.disabled = true;
+      form.querySelector("button[type=submit]").disabled = true;
+      return;
+    }
     for (const entry of outbox) setNote(entry, "sending when connected…");
     scheduleReconnect();
   });
