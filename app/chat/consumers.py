@@ -568,6 +568,10 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
 class RefuseConsumer(AsyncWebsocketConsumer):
     """Any websocket path that is not a chat room: refused at the handshake."""
 
+    # It refuses at once: it needs no channel, so it holds no Redis
+    # subscription and still answers 403 while Redis is down.
+    channel_layer_alias = None
+
     async def connect(self):
         metrics.refused_for_path.inc()
         await self.close()
