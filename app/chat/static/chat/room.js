@@ -560,10 +560,21 @@ function onFrame(data) {
   }
 }
 
+// A live message without "seq" comes from an app server of a release before
+// acks (during a rolling deploy): it will never acknowledge anything, so the
+// echo of a message this connection sent stands for the ack, or the message
+// would stay pending and be stored again at every reconnect.
+function ackByEcho(message) {
+  if ("seq" in message || message.history || message.resync) return;
+  const entry = outbox.find((e) => e.sentOn === generation && e.message === message.message);
+  if (entry) onAck({ ack: entry.clientId, id: message.id });
+}
+
 function onRoomFrame(data) {
   if (typeof data.page === "string") onPageEnd(data);
   else if (typeof data.deleted === "number") removeMessage(data.deleted);
   else if (typeof data.id === "number") {
+    ackByEcho(data);
     if (loadingOlder && data.history && (lowestId === null || data.id < lowestId)) olderBatch.push(data);
     else show(data);
   }
