@@ -277,7 +277,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # (Accept-Language), or the switcher on every page (a cookie).
 LANGUAGE_CODE = "en"
 LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
-LOCALE_PATHS = [BASE_DIR / "locale"]
+# The translations are the chat app's (chat/locale), found as any app's are.
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

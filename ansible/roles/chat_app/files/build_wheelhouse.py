@@ -33,7 +33,7 @@ SOURCE_SKIP_SUFFIXES = (".pyc", ".sqlite3", ".egg-info")
 def source_files(app_dir):
     """The files that make the app's wheel, in a stable order."""
     files = [app_dir / "pyproject.toml"]
-    for package in ("chatsite", "chat"):
+    for package in ("chatsite", "chat", "accounts"):
         for path in sorted((app_dir / package).rglob("*")):
             parts = set(path.relative_to(app_dir).parts)
             if path.is_file() and not parts & SOURCE_SKIP and not path.name.endswith(SOURCE_SKIP_SUFFIXES):
