@@ -54,7 +54,6 @@ from datetime import UTC, datetime
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect as connect_sync
 
 from . import loadgen
 from .servers import REPO
@@ -631,25 +630,37 @@ def _brief(reading):
     return "; ".join(parts)
 
 
-def _prime(plan):
-    """One client joins a room of its own, sends a message, gets it back and leaves.
+PRIMERS = 20  # clients that prime the server, at once: through nginx, every server process gets some
 
-    A server that has never served a websocket opens its Redis connections
-    (the layer's publisher and subscriber) on the first one; primed, the
-    "before" reading counts what a server in use holds, not a cold start.
+
+def _prime(plan):
+    """A few clients join a room of their own at once, each sends a message, gets it back and leaves.
+
+    A server process that has never served a websocket opens its Redis
+    connections (the layer's publisher and subscriber) on its first one;
+    primed, the "before" reading counts what a server in use holds, not a
+    cold start. Returns how many were answered.
     """
     url = f"{loadgen.ws_base(plan.url)}/ws/chat/churn-{plan.run_id}-primer/"
-    try:
-        with connect_sync(url, origin=plan.origin, open_timeout=plan.open_timeout, close_timeout=2, proxy=None) as ws:
-            ws.send(json.dumps({"message": "priming", "user": "churn-primer"}))
-            deadline = time.monotonic() + plan.open_timeout
-            while time.monotonic() < deadline:
-                data = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-                if data.get("message") == "priming" or "error" in data:
-                    return True
-    except Exception as error:  # reported; the soak itself will show what is wrong
-        _say(f"priming the server failed: {type(error).__name__}: {error}")
-    return False
+
+    async def one(number):
+        async with connect(url, origin=plan.origin, open_timeout=plan.open_timeout, close_timeout=2, proxy=None) as ws:
+            text = f"priming {number}"
+            await ws.send(json.dumps({"message": text, "user": "churn-primer"}))
+            async with asyncio.timeout(plan.open_timeout):
+                async for frame in ws:
+                    data = json.loads(frame)
+                    if data.get("message") == text or "error" in data:
+                        return True
+        return False
+
+    async def all_of_them():
+        return await asyncio.gather(*(one(number) for number in range(PRIMERS)), return_exceptions=True)
+
+    answered = sum(1 for result in asyncio.run(all_of_them()) if result is True)
+    if answered < PRIMERS:
+        _say(f"priming the server: {answered} of {PRIMERS} clients answered")
+    return answered
 
 
 def run(plan, processes, redis):

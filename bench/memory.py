@@ -24,7 +24,9 @@ for d in /proc/[0-9]*; do
   [ "$pid" = "$$" ] && continue
   cmd=$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null) || continue
   case "$cmd" in
-    *"$BENCH_PATTERN"*) awk -v pid="$pid" '/^VmRSS:/ {print pid, $2}' "$d/status" 2>/dev/null ;;
+    *"$BENCH_PATTERN"*)
+      fds=$(ls "$d/fd" 2>/dev/null | wc -l)
+      awk -v pid="$pid" -v fds="$fds" '/^VmRSS:/ {print pid, $2, fds}' "$d/status" 2>/dev/null ;;
   esac
 done
 """
