@@ -60,6 +60,8 @@ def room(request, room_name):
                 "nickname": nickname,
                 "signedIn": signed_in,
                 "canPost": signed_in or settings.CHAT_GUESTS == "post",
+                # Moderators get a delete button on every message, not only their own.
+                "canModerate": request.user.has_perm("chat.moderate"),
             },
             "may_manage": signed_in and (room_row is None or room_row.may_manage(request.user)),
         },

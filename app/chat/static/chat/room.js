@@ -14,6 +14,20 @@ const messageInput = document.getElementById("chat-message-input");
 const userInput = document.getElementById("chat-user-input");
 const statusBadge = document.getElementById("status");
 const errorBox = document.getElementById("chat-error");
+const presenceBox = document.getElementById("presence");
+const presenceList = document.getElementById("presence-list");
+const announcer = document.getElementById("chat-announcer");
+
+// Every text a person reads comes through Django's JavaScript catalog
+// (/jsi18n/, loaded before this script), in the page's language.
+const gettext = window.gettext || ((text) => text);
+const ngettext = window.ngettext || ((singular, plural, count) => (count === 1 ? singular : plural));
+const interpolate = window.interpolate || ((text, values) => text.replace(/%\(\w+\)s/g, (m) => values[m.slice(2, -2)]));
+function format(text, values) {
+  return interpolate(text, values, true);
+}
+// Dates and times in the page's language, in the reader's time zone.
+const LOCALE = document.documentElement.lang || undefined;
 
 const NICKNAME_KEY = "chat.nickname";
 const OUTBOX_KEY = `chat.outbox.${config.room}`;
@@ -35,6 +49,54 @@ const RESEND_MAX_MS = 30000;
 const RETRY_LATER = new Set(["store_failed", "broadcast_failed"]);
 // The close code of a connection whose room this user may no longer enter.
 const NO_ACCESS = 4403;
+// What each state of the connection is called on the badge.
+const STATES = {
+  connecting: gettext("connecting"),
+  connected: gettext("connected"),
+  reconnecting: gettext("reconnecting"),
+  offline: gettext("offline"),
+  closed: gettext("no access"),
+};
+// What each refusal's code means, in the reader's language (README, "Error
+// codes"). The server's own text (English) is shown for a code this page
+// does not know, from a newer server.
+const REFUSALS = {
+  malformed_json: gettext("The chat could not read what this page sent."),
+  not_an_object: gettext("The chat could not read what this page sent."),
+  invalid_message: gettext("The message holds characters the chat does not accept (control characters)."),
+  empty_message: gettext("The message is empty."),
+  message_too_long: format(gettext("The message is too long: at most %(count)s characters."), { count: config.maxLength }),
+  invalid_user: gettext("That nickname cannot be used: it holds invisible or control characters, or nothing visible."),
+  user_too_long: format(gettext("The nickname is too long: at most %(count)s characters."), { count: config.userMaxLength }),
+  binary_frame: gettext("The chat could not read what this page sent."),
+  rate_limited: gettext("Too many messages: wait a moment. This one was not sent."),
+  invalid_since: gettext("The chat could not tell what this page missed, and sent the latest messages instead."),
+  broadcast_failed: gettext("The message was saved but not delivered live; others will see it shortly."),
+  store_failed: gettext("The chat could not save the message; trying again."),
+  invalid_client_id: gettext("The chat could not read what this page sent."),
+  invalid_request: gettext("The chat could not read what this page sent."),
+  sign_in_required: gettext("Sign in to post in this room: guests may only read."),
+  name_taken: gettext("That nickname belongs to a registered account: sign in as them, or pick another nickname."),
+  muted: gettext("You are muted in this room; the message was not sent."),
+  banned: gettext("You are banned from this chat; the message was not sent."),
+  not_allowed: gettext("Only its author or a moderator may delete a message."),
+  not_found: gettext("That message is no longer there."),
+};
+const UNTIL = {
+  muted: gettext("You are muted in this room until %(until)s; the message was not sent."),
+  banned: gettext("You are banned from this chat until %(until)s; the message was not sent."),
+};
+
+// The text to show for an error frame.
+function refusalText(frame) {
+  // A mute or ban for a time names its end, in UTC: shown in local time.
+  const until = /until (\d{4}-\d\d-\d\d) (\d\d:\d\d) UTC/.exec(frame.error);
+  if (until && UNTIL[frame.code]) {
+    const when = new Date(`${until[1]}T${until[2]}:00Z`);
+    return format(UNTIL[frame.code], { until: when.toLocaleString(LOCALE, { dateStyle: "medium", timeStyle: "short" }) });
+  }
+  return Object.hasOwn(REFUSALS, frame.code) ? REFUSALS[frame.code] : frame.error;
+}
 
 const seen = new Set();
 let lastId = 0; // the cursor: the highest message id shown
@@ -85,7 +147,7 @@ let answerTimer = null;
 if (config.signedIn) {
   userInput.value = config.nickname;
   userInput.readOnly = true;
-  userInput.title = "Signed in: you post under your account's name";
+  userInput.title = gettext("Signed in: you post under your account's name");
 } else {
   userInput.value = config.nickname || localStorage.getItem(NICKNAME_KEY) || "";
   userInput.addEventListener("change", () => {
@@ -95,7 +157,7 @@ if (config.signedIn) {
 // Guests where guests may only read (absent on a server before accounts: may post).
 if (config.canPost === false) {
   messageInput.disabled = true;
-  messageInput.placeholder = "Sign in to post in this room";
+  messageInput.placeholder = gettext("Sign in to post in this room");
   form.querySelector("button[type=submit]").disabled = true;
   userInput.hidden = true;
 }
@@ -103,7 +165,7 @@ if (config.canPost === false) {
 function setStatus(state, text) {
   statusBadge.className = `status status-${state}`;
   statusBadge.dataset.state = state;
-  statusBadge.textContent = text || state;
+  statusBadge.textContent = text || STATES[state] || state;
 }
 
 function isOpen() {
@@ -153,9 +215,9 @@ function localDay(when) {
 function dayLabel(when) {
   const today = new Date();
   const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
-  if (localDay(when) === localDay(today)) return "Today";
-  if (localDay(when) === localDay(yesterday)) return "Yesterday";
-  return when.toLocaleDateString([], { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+  if (localDay(when) === localDay(today)) return gettext("Today");
+  if (localDay(when) === localDay(yesterday)) return gettext("Yesterday");
+  return when.toLocaleDateString(LOCALE, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
 }
 
 function daySeparator(when) {
@@ -170,8 +232,13 @@ function daySeparator(when) {
 function timeElement(when, iso) {
   const time = document.createElement("time");
   time.dateTime = iso;
-  time.textContent = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  time.title = when.toLocaleString();
+  // A message not from today carries its date too (its day's separator may
+  // be far above it).
+  const today = localDay(when) === localDay(new Date());
+  time.textContent = today
+    ? when.toLocaleTimeString(LOCALE, { hour: "2-digit", minute: "2-digit" })
+    : when.toLocaleString(LOCALE, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  time.title = when.toLocaleString(LOCALE, { dateStyle: "full", timeStyle: "medium" });
   return time;
 }
 
@@ -200,12 +267,40 @@ function messageItem(message) {
   const user = document.createElement("span");
   user.className = message.guest ? "user guest" : "user";
   user.textContent = message.user;
-  if (message.guest) user.title = "guest (not signed in)";
+  if (message.guest) user.title = gettext("guest (not signed in)");
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = message.message;
   item.append(timeElement(when, message.ts), user, text);
+  if (mayDelete(message)) item.append(deleteButton(message));
   return { item, when };
+}
+
+// ---- deleting --------------------------------------------------------------
+
+// A signed-in account deletes its own messages (a guest's are never its own:
+// a nickname is no proof), a moderator anyone's. The server decides anyway.
+function mayDelete(message) {
+  if (config.canModerate) return true;
+  return Boolean(config.signedIn && !message.guest && message.user === config.nickname);
+}
+
+function deleteButton(message) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "delete";
+  button.textContent = gettext("Delete");
+  button.setAttribute("aria-label", format(gettext("Delete the message from %(user)s"), { user: message.user }));
+  button.addEventListener("click", () => {
+    if (!window.confirm(gettext("Delete this message for everyone?"))) return;
+    if (!isOpen()) {
+      showError(gettext("Not connected: try again when the chat is back."));
+      return;
+    }
+    button.disabled = true;
+    socket.send(JSON.stringify({ delete: message.id }));
+  });
+  return button;
 }
 
 function firstPending() {
@@ -224,7 +319,7 @@ function show(message) {
   lastId = Math.max(lastId, message.id);
   lowestId = lowestId === null ? message.id : Math.min(lowestId, message.id);
   // Our own message, acknowledged before it came: it replaces its stand-in.
-  const standIn = log.querySelector(`:scope > li.acked[data-id="${message.id}"]`);
+  const standIn = log.querySelector(":scope > li.acked[data-id='" + message.id + "']");
   if (standIn) standIn.remove();
   const atBottom = isNearBottom();
   const { item, when } = messageItem(message);
@@ -235,6 +330,19 @@ function show(message) {
   }
   log.insertBefore(item, before);
   if (atBottom) log.scrollTop = log.scrollHeight;
+  if (!message.history && !message.resync) announce(message);
+}
+
+// Screen readers hear live messages only, one by one, politely: the log
+// itself is no live region, so a join's backlog of fifty is not read out.
+// Our own messages are not announced (the reader just typed them).
+const ANNOUNCED_MAX = 5;
+function announce(message) {
+  if (!message.guest && config.signedIn && message.user === config.nickname) return;
+  const line = document.createElement("p");
+  line.textContent = format(gettext("%(user)s says: %(message)s"), { user: message.user, message: message.message });
+  announcer.append(line);
+  while (announcer.childElementCount > ANNOUNCED_MAX) announcer.firstElementChild.remove();
 }
 
 // An "older" page, oldest first, all older than anything shown: goes on
@@ -268,8 +376,9 @@ function showOlder(messages) {
 // {"deleted": id}: a message deleted for everyone leaves the page, and its
 // day's separator with it when it was the day's last.
 function removeMessage(id) {
-  const item = log.querySelector(`:scope > li.message[data-id="${id}"]`);
+  const item = log.querySelector(":scope > li.message[data-id='" + id + "']");
   if (!item) return;
+  if (item.contains(document.activeElement)) messageInput.focus();
   const before = item.previousElementSibling;
   const after = item.nextElementSibling;
   item.remove();
@@ -282,7 +391,7 @@ function removeMessage(id) {
 function setOlderAvailable(more) {
   olderRow.hidden = !more;
   olderButton.disabled = false;
-  olderButton.textContent = "Load older messages";
+  olderButton.textContent = gettext("Load older messages");
   loadingOlder = false;
 }
 
@@ -290,7 +399,7 @@ olderButton.addEventListener("click", () => {
   if (loadingOlder || lowestId === null || !isOpen()) return;
   loadingOlder = true;
   olderButton.disabled = true;
-  olderButton.textContent = "Loading…";
+  olderButton.textContent = gettext("Loading…");
   olderBatch = [];
   socket.send(JSON.stringify({ before: lowestId }));
 });
@@ -323,13 +432,13 @@ function pendingItem(entry) {
   item.dataset.clientId = entry.clientId;
   const user = document.createElement("span");
   user.className = "user";
-  user.textContent = entry.user || config.nickname || "anonymous";
+  user.textContent = entry.user || config.nickname || gettext("anonymous");
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = entry.message;
   const note = document.createElement("span");
   note.className = "note";
-  note.textContent = "sending…";
+  note.textContent = gettext("sending…");
   item.append(timeElement(when, entry.ts), user, text, note);
   return item;
 }
@@ -381,7 +490,7 @@ function resendLater(entry, note) {
   const delay = ceiling / 2 + Math.random() * (ceiling / 2);
   entry.retryAt = Date.now() + delay;
   entry.sentOn = null;
-  setNote(entry, `${note}; trying again in ${Math.ceil(delay / 1000)} s…`);
+  setNote(entry, format(gettext("%(reason)s; trying again in %(seconds)s s…"), { reason: note, seconds: Math.ceil(delay / 1000) }));
   pump();
 }
 
@@ -398,14 +507,14 @@ function giveBack(entry, reason) {
   } else {
     entry.item.classList.replace("pending", "failed");
     entry.item.dataset.clientId = "";
-    setNote(entry, `not sent: ${reason}`);
+    setNote(entry, format(gettext("not sent: %(reason)s"), { reason }));
     const edit = document.createElement("button");
     edit.type = "button";
     edit.className = "edit";
-    edit.textContent = "Edit";
+    edit.textContent = gettext("Edit");
     edit.addEventListener("click", () => {
       if (messageInput.value.trim() && messageInput.value !== entry.message) {
-        showError("Send or clear what is in the box first: Edit would replace it.");
+        showError(gettext("Send or clear what is in the box first: Edit would replace it."));
         return;
       }
       entry.item.remove();
@@ -415,7 +524,7 @@ function giveBack(entry, reason) {
     entry.item.querySelector(".note").append(edit);
   }
   if (heldClientId === entry.clientId) heldClientId = null;
-  showError(`Not sent: ${reason}`, true);
+  showError(format(gettext("Not sent: %(reason)s"), { reason }), true);
 }
 
 function onAck(frame) {
@@ -442,7 +551,7 @@ function onAck(frame) {
 function onRefused(frame) {
   const entry = findEntry(frame.client_id);
   if (!entry) {
-    showError(frame.error);
+    showError(refusalText(frame));
     return;
   }
   if (RETRY_LATER.has(frame.code)) {
@@ -451,14 +560,14 @@ function onRefused(frame) {
     // backoff, for as long as the page is open (a resend is stored once
     // however often it is sent). broadcast_failed: stored, not relayed; the
     // resend is acknowledged as a duplicate and the message comes by resync.
-    showError(frame.error);
-    resendLater(entry, frame.code === "store_failed" ? "not stored yet" : "not delivered live yet");
+    showError(refusalText(frame));
+    resendLater(entry, frame.code === "store_failed" ? gettext("not stored yet") : gettext("not delivered live yet"));
   } else if (frame.code === "rate_limited" && !entry.fresh) {
     // A backlog resent after a reconnect can outrun the rate limit by
     // itself; the user did nothing wrong, so it goes out a little later.
-    resendLater(entry, "waiting for the rate limit");
+    resendLater(entry, gettext("waiting for the rate limit"));
   } else {
-    giveBack(entry, frame.error);
+    giveBack(entry, refusalText(frame));
   }
 }
 
@@ -483,7 +592,7 @@ form.addEventListener("submit", (event) => {
   heldClientId = entry.clientId;
   log.append(entry.item);
   log.scrollTop = log.scrollHeight;
-  if (!isOpen()) setNote(entry, "sending when connected…");
+  if (!isOpen()) setNote(entry, gettext("sending when connected…"));
   pump();
   messageInput.focus();
 });
@@ -500,8 +609,50 @@ for (const entry of outbox) {
 
 function socketUrl() {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-  const since = joined || lastId ? `?since=${lastId}` : "";
-  return `${scheme}//${window.location.host}/ws/chat/${encodeURIComponent(config.room)}/${since}`;
+  // presence=1: the server tells this page who is here (a server before
+  // presence ignores it and the list stays hidden).
+  const query = new URLSearchParams({ presence: "1" });
+  if (joined || lastId) query.set("since", lastId);
+  return `${scheme}//${window.location.host}/ws/chat/${encodeURIComponent(config.room)}/?${query}`;
+}
+
+// ---- who is here -----------------------------------------------------------
+
+// {"presence": [{"user": "ann"}, {"user": "bob", "guest": true}], "anonymous": 2}
+function showPresence(frame) {
+  const entries = [];
+  for (const person of frame.presence) {
+    if (!person || typeof person.user !== "string") continue;
+    const name = document.createElement("span");
+    name.className = person.guest ? "person guest" : "person";
+    name.textContent = person.user;
+    if (person.guest) {
+      name.title = gettext("guest (not signed in)");
+      const mark = document.createElement("span");
+      mark.className = "visually-hidden";
+      mark.textContent = " " + gettext("(guest)");
+      name.append(mark);
+    }
+    entries.push(name);
+  }
+  const anonymous = Number.isInteger(frame.anonymous) ? frame.anonymous : 0;
+  if (anonymous > 0) {
+    const more = document.createElement("span");
+    more.className = "person anonymous";
+    more.textContent = format(
+      ngettext("+%(count)s guest", "+%(count)s guests", anonymous),
+      { count: anonymous },
+    );
+    entries.push(more);
+  }
+  const separated = [];
+  entries.forEach((entry, index) => {
+    if (index) separated.push(gettext(", "));
+    separated.push(entry);
+  });
+  presenceList.replaceChildren(...separated);
+  presenceBox.classList.remove("stale");
+  presenceBox.hidden = false;
 }
 
 function onPageEnd(frame) {
@@ -551,7 +702,11 @@ function onFrame(data) {
       onRefused(data);
       answered(data.client_id);
     } else {
-      showError(data.error);
+      // A refusal of no message: a deletion, a request, the cursor.
+      showError(refusalText(data));
+      if (data.code === "not_allowed" || data.code === "not_found") {
+        for (const button of log.querySelectorAll("button.delete:disabled")) button.disabled = false;
+      }
     }
   } else if (awaiting) {
     heldFrames.push(data);
@@ -573,6 +728,7 @@ function ackByEcho(message) {
 function onRoomFrame(data) {
   if (typeof data.page === "string") onPageEnd(data);
   else if (typeof data.deleted === "number") removeMessage(data.deleted);
+  else if (Array.isArray(data.presence)) showPresence(data);
   else if (typeof data.id === "number") {
     ackByEcho(data);
     if (loadingOlder && data.history && (lowestId === null || data.id < lowestId)) olderBatch.push(data);
@@ -600,7 +756,7 @@ function connect() {
     }, JOINED_AFTER_MS);
     for (const entry of outbox) {
       entry.retryAt = 0; // a new connection is a new chance for every one
-      setNote(entry, "sending…");
+      setNote(entry, gettext("sending…"));
     }
     holdUntilAnswered();
     pump();
@@ -618,6 +774,7 @@ function connect() {
   current.addEventListener("close", (event) => {
     if (socket !== current) return;
     socket = null;
+    presenceBox.classList.add("stale"); // who was here, until the next connection says
     clearTimeout(stableTimer);
     clearTimeout(joinTimer);
     clearTimeout(resendTimer);
@@ -630,13 +787,14 @@ function connect() {
     if (event.code === NO_ACCESS) {
       // The room was made private, or this account left its members:
       // reconnecting would only be refused.
-      setStatus("closed", "no access");
-      showError("You no longer have access to this room.", true);
+      setStatus("closed");
+      presenceBox.hidden = true;
+      showError(gettext("You no longer have access to this room."), true);
       messageInput.disabled = true;
       form.querySelector("button[type=submit]").disabled = true;
       return;
     }
-    for (const entry of outbox) setNote(entry, "sending when connected…");
+    for (const entry of outbox) setNote(entry, gettext("sending when connected…"));
     scheduleReconnect();
   });
 }
