@@ -51,8 +51,9 @@ def person(browser, request):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     contexts = []
 
-    def open_browser(name):
-        context = browser.new_context(viewport={"width": 720, "height": 640})
+    def open_browser(name, **options):
+        # options: more of Playwright's context options, such as locale="zh-CN".
+        context = browser.new_context(viewport={"width": 720, "height": 640}, **options)
         context.name = name
         contexts.append(context)
         return context.new_page()

@@ -157,3 +157,155 @@ def test_room_names_are_escaped_and_unicode_works(person, chat_url):
     text = f"你好 👋 {uuid.uuid4().hex[:6]}"
     send(page, text)
     expect(message(page, text)).to_have_count(1, timeout=TIMEOUT)
+
+
+# ---- who is talking: accounts, guests, moderation, private rooms, Chinese ----
+
+PASSWORD = f"e2e-{uuid.uuid4().hex}"  # long and random enough for Django's validators
+
+
+def unique(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def sign_up(page, chat_url, username, next_path="/chat/"):
+    """Signs up through the sign-up page (which signs in too) and lands on next_path."""
+    page.goto(f"{chat_url}/accounts/signup/?next={next_path}")
+    page.fill("#id_username", username)
+    page.fill("#id_password1", PASSWORD)
+    page.fill("#id_password2", PASSWORD)
+    page.click(".account-form button[type=submit]")
+    page.wait_for_url(f"{chat_url}{next_path}")
+
+
+def test_two_people_sign_up_and_chat_under_their_account_names(person, chat_url):
+    room = f"e2e-{uuid.uuid4().hex[:8]}"
+    names = {"ann": unique("ann"), "bob": unique("bob")}
+    pages = {}
+    for who, name in names.items():
+        pages[who] = person(who)
+        sign_up(pages[who], chat_url, name, f"/chat/{room}/")
+        connected(pages[who])
+        # An account's name is fixed: the nickname box holds it and cannot change.
+        expect(pages[who].locator("#chat-user-input")).to_have_value(name)
+        expect(pages[who].locator("#chat-user-input")).not_to_be_editable()
+    ann, bob = pages["ann"], pages["bob"]
+    send(ann, "hello from ann")
+    expect(message(bob, "hello from ann")).to_have_count(1, timeout=TIMEOUT)
+    send(bob, "hello from bob")
+    for page in (ann, bob):
+        expect(message(page, "hello from bob").locator(".user")).to_have_text(names["bob"], timeout=TIMEOUT)
+        expect(message(page, "hello from ann").locator(".user")).to_have_text(names["ann"])
+        expect(page.locator("#chat-log .user.guest")).to_have_count(0)
+        # Who is here: both accounts, on both pages.
+        for name in names.values():
+            expect(page.locator("#presence-list")).to_contain_text(name, timeout=TIMEOUT)
+
+
+def test_a_guest_cannot_take_a_registered_name(person, chat_url):
+    room = f"e2e-{uuid.uuid4().hex[:8]}"
+    owner_name = unique("owner")
+    sign_up(person("owner"), chat_url, owner_name)
+
+    guest = person("guest")
+    guest.goto(f"{chat_url}/chat/{room}/")
+    connected(guest)
+    guest.fill("#chat-user-input", owner_name)
+    send(guest, "it is me, honest")
+    expect(guest.locator("#chat-error")).to_contain_text("belongs to a registered account", timeout=TIMEOUT)
+    expect(message(guest, "it is me, honest")).to_have_count(0)  # given back, not sent
+    expect(guest.locator("#chat-message-input")).to_have_value("it is me, honest")
+
+    # Under a name of its own the guest posts, marked as a guest.
+    guest_name = unique("guest")
+    guest.fill("#chat-user-input", guest_name)
+    guest.press("#chat-message-input", "Enter")
+    expect(message(guest, "it is me, honest").locator(".user.guest")).to_have_text(guest_name, timeout=TIMEOUT)
+
+
+def test_a_moderator_deletes_a_message_and_it_leaves_every_page(person, chat_url, server_shell):
+    room = f"e2e-{uuid.uuid4().hex[:8]}"
+    moderator_name = unique("mod")
+    moderator = person("moderator")
+    sign_up(moderator, chat_url, moderator_name)
+    # Moderators are made in the admin; here, with Django's shell on the server.
+    server_shell(
+        "chat-manage",
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model; "
+        "from django.contrib.auth.models import Permission; "
+        f"get_user_model().objects.get(username={moderator_name!r}).user_permissions.add("
+        "Permission.objects.get(codename='moderate', content_type__app_label='chat'))",
+    )
+
+    author = person("guest")
+    author.goto(f"{chat_url}/chat/{room}/")
+    connected(author)
+    author.fill("#chat-user-input", unique("guest"))
+    send(author, "a message to delete")
+    send(author, "a message to keep")
+    expect(message(author, "a message to keep")).to_have_class("message", timeout=TIMEOUT)
+    # A guest deletes nothing, not even its own: a nickname is no proof.
+    expect(author.locator("#chat-log button.delete")).to_have_count(0)
+
+    moderator.goto(f"{chat_url}/chat/{room}/")
+    connected(moderator)
+    expect(message(moderator, "a message to delete")).to_have_count(1, timeout=TIMEOUT)
+    moderator.once("dialog", lambda dialog: dialog.accept())  # "Delete this message for everyone?"
+    message(moderator, "a message to delete").locator("button.delete").click()
+    for page in (moderator, author):
+        expect(message(page, "a message to delete")).to_have_count(0, timeout=TIMEOUT)
+        expect(message(page, "a message to keep")).to_have_count(1)
+    # Gone from the history too.
+    author.reload()
+    expect(message(author, "a message to keep")).to_have_count(1, timeout=TIMEOUT)
+    expect(message(author, "a message to delete")).to_have_count(0)
+
+
+def test_a_private_room_is_refused_to_a_third_person(person, chat_url):
+    room = f"e2e-{uuid.uuid4().hex[:8]}"
+    member_name = unique("member")
+    member = person("member")
+    sign_up(member, chat_url, member_name)
+
+    owner = person("owner")
+    sign_up(owner, chat_url, unique("owner"), f"/chat/{room}/settings/")  # the first to open it: its creator
+    owner.check("#id_private")
+    owner.fill("#id_members", member_name)
+    owner.click(".account-form button[type=submit]")
+    owner.wait_for_url(f"{chat_url}/chat/{room}/")
+    connected(owner)
+    send(owner, "members only")
+
+    answer = member.goto(f"{chat_url}/chat/{room}/")
+    assert answer.status == 200
+    expect(message(member, "members only")).to_have_count(1, timeout=TIMEOUT)
+
+    stranger = person("stranger")
+    sign_up(stranger, chat_url, unique("stranger"))
+    answer = stranger.goto(f"{chat_url}/chat/{room}/")
+    assert answer.status == 404
+    expect(stranger.locator("#chat-log")).to_have_count(0)
+
+
+def test_a_chinese_browser_gets_the_chinese_room_page(person, chat_url):
+    room = f"e2e-{uuid.uuid4().hex[:8]}"
+    owner_name = unique("owner")
+    sign_up(person("owner"), chat_url, owner_name)
+
+    page = person("zh", locale="zh-CN")
+    page.goto(f"{chat_url}/chat/{room}/")
+    expect(page.locator("html")).to_have_attribute("lang", "zh-hans")
+    expect(page.locator("#status")).to_have_text("已连接", timeout=TIMEOUT)
+    expect(page.locator("#chat-message-input")).to_have_attribute("placeholder", "输入消息，按回车发送")
+    expect(page.locator("#chat-message-submit")).to_have_text("发送")
+    expect(page.locator("#presence")).to_contain_text("在线：", timeout=TIMEOUT)
+    page.fill("#chat-user-input", unique("访客"))
+    send(page, "你好")
+    expect(message(page, "你好")).to_have_class("message", timeout=TIMEOUT)
+    expect(page.locator("#chat-log .day")).to_have_text("今天")
+    # An error frame's code, translated by the page.
+    page.fill("#chat-user-input", owner_name)
+    send(page, "冒名顶替")
+    expect(page.locator("#chat-error")).to_contain_text("这个昵称属于一个已注册的账号", timeout=TIMEOUT)
