@@ -321,6 +321,7 @@ function show(message) {
   // Our own message, acknowledged before it came: it replaces its stand-in.
   const standIn = log.querySelector(":scope > li.acked[data-id='" + message.id + "']");
   if (standIn) standIn.remove();
+  const own = standIn !== null;
   const atBottom = isNearBottom();
   const { item, when } = messageItem(message);
   const before = firstPending();
@@ -330,7 +331,7 @@ function show(message) {
   }
   log.insertBefore(item, before);
   if (atBottom) log.scrollTop = log.scrollHeight;
-  if (!message.history && !message.resync) announce(message);
+  if (!own && !message.history && !message.resync) announce(message);
 }
 
 // Screen readers hear live messages only, one by one, politely: the log
@@ -338,7 +339,7 @@ function show(message) {
 // Our own messages are not announced (the reader just typed them).
 const ANNOUNCED_MAX = 5;
 function announce(message) {
-  if (!message.guest && config.signedIn && message.user === config.nickname) return;
+  if (config.signedIn && !message.guest && message.user === config.nickname) return;
   const line = document.createElement("p");
   line.textContent = format(gettext("%(user)s says: %(message)s"), { user: message.user, message: message.message });
   announcer.append(line);
