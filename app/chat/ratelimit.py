@@ -71,7 +71,10 @@ class SharedRateLimiter:
         if self.script is None:
             return self.take_locally(key, rate, burst)
         try:
-            return bool(await self.script(keys=[KEY_PREFIX + key], args=[1.0 / rate, burst]))
+            # The limits are part of the key: a budget counted under other limits
+            # (a site that changed them, another test's server) is not this one.
+            bucket = f"{KEY_PREFIX}{rate:g}:{burst}:{key}"
+            return bool(await self.script(keys=[bucket], args=[1.0 / rate, burst]))
         except Exception as error:  # Redis down or refusing: the per-connection bucket decides
             logger.warning("Shared rate limit unavailable (%s); counting per connection meanwhile", error)
             return None

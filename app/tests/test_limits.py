@@ -34,7 +34,8 @@ async def test_a_client_with_several_connections_shares_one_budget(channel_layer
 def test_the_shared_bucket_allows_a_burst_then_the_rate(redis_url):
     """The Lua script against a real Redis, with the rate fast enough to watch it refill."""
     client = redis.Redis.from_url(redis_url)
-    client.delete(ratelimit.KEY_PREFIX + "refill-test")
+    key = ratelimit.KEY_PREFIX + "20:2:refill-test"
+    client.delete(key)
 
     async def take(limiter):
         return await limiter.take("refill-test", 20.0, 2)
@@ -49,7 +50,7 @@ def test_the_shared_bucket_allows_a_burst_then_the_rate(redis_url):
         return burst, later
 
     assert asyncio.run(run()) == ([True, True, False], [True, False])
-    assert 0 < client.pttl(ratelimit.KEY_PREFIX + "refill-test") <= 2000  # the key goes when it would be full again
+    assert 0 < client.pttl(key) <= 2000  # the key goes when it would be full again
 
 
 def test_without_redis_the_shared_limiter_counts_in_this_process():

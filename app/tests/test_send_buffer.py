@@ -34,7 +34,7 @@ def big_room(tmp_path_factory, redis_url):
         async with websockets.connect(f"{server.ws}/ws/chat/big/", origin=ORIGIN, max_size=None) as ws:
             for n in range(MESSAGES):
                 await ws.send(json.dumps({"message": f"{n:05d}" + "x" * (MESSAGE_LENGTH - 5), "user": "filler"}))
-                while "message" not in json.loads(await asyncio.wait_for(ws.recv(), 10)):
+                while "message" not in json.loads(await asyncio.wait_for(ws.recv(), 30)):
                     pass
 
     try:
