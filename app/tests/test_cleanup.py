@@ -21,7 +21,7 @@ from chat.dispatch import RelayDispatchMixin, dispatch_from
 
 from .live_server import ORIGIN, LiveServer, private_redis
 
-CLIENTS = 200
+CLIENTS = 120  # before the fix, about half of them left a subscription behind
 AT_ONCE = 20
 
 
