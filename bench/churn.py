@@ -914,6 +914,11 @@ def targets(figures):
         + (f", seq gaps {steady['seq_gaps']}" if steady["seq_numbered"] else ", no seq in the frames")
         + f"), repeated {steady['repeated']} (same id {steady['duplicated_ids']}, stored twice {steady['duplicated_stamps']})"
         + (f"; {steady['reconnects']} reconnects" if steady["reconnects"] else "")
+        + (
+            f"; {figures['errors']} of {steady['sent']} sent refused with an error frame (not expected, so not lost)"
+            if figures["errors"]
+            else ""
+        )
     )
     ok = (
         steady["lost"] == 0
