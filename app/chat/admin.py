@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.utils import timezone
 
 from . import protocol
-from .models import Message, ModerationLog, Restriction, Room
+from .models import Message, ModerationLog, Restriction, Room, is_moderator
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class MessageAdmin(admin.ModelAdmin):
         self.message_user(request, f"Deleted {deleted} message(s).")
 
     def has_moderate_permission(self, request):
-        return request.user.has_perm("chat.moderate")
+        return is_moderator(request.user)
 
 
 @admin.register(Room)

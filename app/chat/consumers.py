@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError
 from django.utils import timezone
@@ -15,7 +16,7 @@ from accounts.models import NameKey
 
 from . import metrics, names, presence, protocol
 from .dispatch import RelayDispatchMixin
-from .models import Message, ModerationLog, Restriction, Room
+from .models import Message, ModerationLog, Restriction, Room, is_moderator
 from .ratelimit import TokenBucket, shared_limiter
 
 logger = logging.getLogger(__name__)
@@ -117,8 +118,11 @@ def delete_message(room, message_id, account):
     message = Message.objects.filter(room=room, id=message_id, deleted=None).first()
     if message is None:
         return "There is no such message in this room.", protocol.NOT_FOUND
+    if account is not None:
+        # As the account is now: made staff or given the permission since it connected.
+        account = get_user_model().objects.get(pk=account.pk)
     own = account is not None and message.author_id == account.pk
-    if not own and not (account is not None and account.has_perm("chat.moderate")):
+    if not own and not (account is not None and is_moderator(account)):
         return "Only its author or a moderator may delete a message.", protocol.NOT_ALLOWED
     message.deleted = timezone.now()
     message.save(update_fields=["deleted"])

@@ -3,6 +3,11 @@ from django.db import models, transaction
 from django.utils import timezone
 
 
+def is_moderator(user):
+    """Staff, and users given the chat.moderate permission, delete any message, mute and ban."""
+    return user.is_authenticated and (user.is_staff or user.has_perm("chat.moderate"))
+
+
 class Room(models.Model):
     """A room that has had a message: its row is what posting a message locks.
 

@@ -81,6 +81,19 @@ async def test_nobody_else_may_delete_a_message_but_a_moderator(channel_layer):
     assert message.deleted is not None
 
 
+async def test_staff_may_delete_any_message(channel_layer):
+    ann = await connect("/ws/chat/lobby/", await signed_in_cookie("ann"))
+    staff = await connect("/ws/chat/lobby/", await signed_in_cookie("staffer"))
+    await database_sync_to_async(get_user_model().objects.filter(username="staffer").update)(is_staff=True)
+    await ann.send_json_to({"message": "mine"})
+    sent = await receive(ann)
+    await receive(staff)
+    await staff.send_json_to({"delete": sent["id"]})
+    assert await receive(staff) == {"deleted": sent["id"]}
+    for client in (ann, staff):
+        await client.disconnect()
+
+
 async def test_a_muted_user_reads_but_may_not_post_in_that_room_until_the_mute_ends(channel_layer):
     cookie = await signed_in_cookie("ann")
     mute = await restrict(Restriction.MUTE, account=await user("ann"), room="lobby",
