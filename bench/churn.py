@@ -934,7 +934,7 @@ def text_block(figures):
     """The soak's figures as readable lines: the readings by phase, the samples, the targets."""
     params, churn, steady = figures["params"], figures["churn"], figures["steady"]
     lines = [
-        f"bench churn {figures['url']}  (run {figures['run_id']}, {figures['date']}, checkout {figures['checkout']}, "
+        f"bench churn {figures['url']}  (run {figures['run_id']}, {figures['date']}, bench checkout {figures['checkout']}, "
         f"{params['workers']} worker processes)",
         f"load        {params['steady']} steady clients in {params['rooms']} rooms, {params['senders']} senders at "
         f"{params['rate']:g} msg/s in all; churn {params['churn_rate']:g} connections/s (held 0-{2 * params['hold_s']:g} s, "
