@@ -18,7 +18,7 @@ from django.utils.translation import gettext_lazy
 from accounts.models import NameKey
 
 from . import names, protocol
-from .models import Room
+from .models import Room, is_moderator
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 3  # seconds per check; a load balancer's probe gives up soon after
@@ -60,8 +60,8 @@ def room(request, room_name):
                 "nickname": nickname,
                 "signedIn": signed_in,
                 "canPost": signed_in or settings.CHAT_GUESTS == "post",
-                # Moderators get a delete button on every message, not only their own.
-                "canModerate": request.user.has_perm("chat.moderate"),
+                # Moderators (staff, chat.moderate) get a delete button on every message, not only their own.
+                "canModerate": is_moderator(request.user),
             },
             "may_manage": signed_in and (room_row is None or room_row.may_manage(request.user)),
         },

@@ -59,3 +59,7 @@ def test_only_moderators_pages_offer_to_delete_everyones_messages(client):
     moderator.user_permissions.add(Permission.objects.get(codename="moderate", content_type__app_label="chat"))
     client.force_login(moderator)
     assert config_of(client.get("/chat/lobby/").content.decode())["canModerate"] is True
+    client.force_login(people.create_user("staff", password="x", is_staff=True))
+    assert config_of(client.get("/chat/lobby/").content.decode())["canModerate"] is True
+    client.logout()
+    assert config_of(client.get("/chat/lobby/").content.decode())["canModerate"] is False
