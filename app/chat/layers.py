@@ -42,6 +42,7 @@ from .mailbox import Mailbox
 logger = logging.getLogger(__name__)
 
 RESYNC = {"type": "chat.resync"}
+SWEEP_SECONDS = 10.0
 
 
 class _ChannelMailbox(Mailbox):
@@ -138,10 +139,21 @@ class _Shard(RedisSingleShardConnection):
             self._pubsub = _ResubscribingPubSub(self._redis.connection_pool, shard=self)
 
     async def _do_receiving(self):
-        """channels-redis's reader loop, which logs an outage once instead of a traceback every second."""
+        """channels-redis's reader loop, which logs an outage once instead of a traceback every second.
+
+        Every SWEEP_SECONDS it also unsubscribes what this process subscribed
+        to and no longer has a channel or a group for: an unsubscribe cut
+        short (a consumer cancelled twice while it waited for the shard's
+        lock, as daphne does to an application slow to close) would otherwise
+        stay in Redis as long as the process lives.
+        """
         failing = False
+        next_sweep = asyncio.get_running_loop().time() + SWEEP_SECONDS
         while True:
             try:
+                if asyncio.get_running_loop().time() >= next_sweep:
+                    next_sweep += SWEEP_SECONDS
+                    await self.sweep()
                 if self._pubsub and self._pubsub.subscribed:
                     message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
                     failing = False
@@ -159,6 +171,10 @@ class _Shard(RedisSingleShardConnection):
             except Exception:
                 logger.exception("Unexpected exception in the Redis pub/sub reader")
                 await asyncio.sleep(1)
+
+    async def sweep(self):
+        for name in self._subscribed_to - self.wanted():
+            await self.unsubscribe(name)
 
     def wanted(self):
         """The names this process still subscribes to: its channels and its groups."""
@@ -238,10 +254,12 @@ class _LoopLayer(RedisPubSubLoopLayer):
         down), the first error is raised after, and the names are left out
         when the connection resubscribes.
         """
-        had_mailbox = self.channels.pop(channel, None) is not None
+        self.channels.pop(channel, None)
         unsubscribes = [self._leave_group(name, channel) for name in self._memberships.pop(channel, ())]
-        if had_mailbox:
-            unsubscribes.append(self._get_shard(channel).unsubscribe(channel))
+        # Whether or not the mailbox was still there: channels-redis's receive()
+        # drops it before it unsubscribes, and can be cancelled in between.
+        # (The shard's unsubscribe does nothing for a name it does not hold.)
+        unsubscribes.append(self._get_shard(channel).unsubscribe(channel))
         errors = [error for error in await asyncio.gather(*unsubscribes, return_exceptions=True) if error]
         if errors:
             raise errors[0]
