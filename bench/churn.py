@@ -155,6 +155,7 @@ class _Steady:
         "number",
         "room",
         "sender",
+        "cookie",
         "ws",
         "reader",
         "ids",
@@ -173,7 +174,7 @@ class _Steady:
 
     def __init__(self, number, room, sender):
         self.number, self.room, self.sender = number, room, sender
-        self.ws = self.reader = None
+        self.ws = self.reader = self.cookie = None
         self.ids, self.seqs, self.stamps = set(), set(), set()
         self.last_id = 0
         self.resyncing = False  # connected with ?since=: the backlog is messages we missed, not history
@@ -216,10 +217,11 @@ class _ChurnWorker(loadgen.PipeWorker):
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def _open(self, url):
+    async def _open(self, url, cookie=None):
         return await connect(
             url,
             origin=self.plan.origin,
+            additional_headers={"Cookie": cookie} if cookie else {},
             open_timeout=self.plan.open_timeout,
             ping_interval=None,  # the server's pings are answered; we send none (see bench.loadgen)
             close_timeout=2,
@@ -282,8 +284,13 @@ class _ChurnWorker(loadgen.PipeWorker):
 
         async def open_one(client):
             async with gate:
+                if client.sender is not None:
+                    # A sender's messages count against its own session, not this machine's address.
+                    client.cookie = await asyncio.get_running_loop().run_in_executor(
+                        None, loadgen.guest_session, self.plan.room_url(client.room)
+                    )
                 try:
-                    client.ws = await self._open(self.plan.room_url(client.room))
+                    client.ws = await self._open(self.plan.room_url(client.room), client.cookie)
                 except InvalidStatus as error:
                     self.connect_failed[f"HTTP {error.response.status_code}"] += 1
                 except Exception as error:  # counted by kind; the client stays out
@@ -310,7 +317,7 @@ class _ChurnWorker(loadgen.PipeWorker):
             while not self.closing:
                 await asyncio.sleep(0.5)
                 try:
-                    ws = await self._open(self.plan.room_url(client.room, client.last_id))
+                    ws = await self._open(self.plan.room_url(client.room, client.last_id), client.cookie)
                 except Exception:
                     continue
                 client.ws, client.resyncing = ws, True

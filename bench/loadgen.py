@@ -142,6 +142,29 @@ def ws_base(url):
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
+def guest_session(ws_url, timeout=10.0):
+    """The session cookie a browser gets from the room page of this websocket URL, or None (no such page).
+
+    The chat counts a guest's message rate per session, and a client without
+    one by its address: the load generator's senders all share this
+    machine's, so each sender takes a session as a browser would. (The bare
+    server has no pages and no limit.)
+    """
+    import urllib.error
+    import urllib.request
+
+    parts = urlsplit(ws_url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    page = f"{scheme}://{parts.netloc}{parts.path.replace('/ws/chat/', '/chat/', 1)}"
+    try:
+        with urllib.request.urlopen(page, timeout=timeout) as response:
+            cookies = response.headers.get_all("Set-Cookie") or []
+    except (urllib.error.URLError, OSError):
+        return None
+    sessions = [cookie.split(";")[0] for cookie in cookies if cookie.startswith("sessionid=")]
+    return sessions[0] if sessions else None
+
+
 def default_origin(url):
     parts = urlsplit(url)
     scheme = "https" if parts.scheme in {"https", "wss"} else "http"
@@ -318,11 +341,16 @@ class _Worker(PipeWorker):
 
         async def open_one(client):
             async with gate:
+                headers = {}
+                if client.sender is not None:
+                    cookie = await asyncio.get_running_loop().run_in_executor(None, guest_session, client.url)
+                    headers = {"Cookie": cookie} if cookie else {}
                 started = time.perf_counter()
                 try:
                     client.ws = await connect(
                         client.url,
                         origin=self.plan.origin,
+                        additional_headers=headers,
                         open_timeout=self.plan.open_timeout,
                         # No keepalive pings of our own: a loaded server answering
                         # late must not make the client hang up. The server's pings
