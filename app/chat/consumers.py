@@ -75,20 +75,25 @@ def read_before(room, cursor):
 
 
 @database_sync_to_async
-def store(room, incoming, name, account):
-    return Message.objects.post(
+def store(room, incoming, name, account, address):
+    """Stores the message unless a mute or ban stops its sender: (message, created, None) or (None, False, restriction).
+
+    One call to the database thread for both: Channels runs every
+    database call of a process on one thread, and a post is the chat's
+    commonest one.
+    """
+    found = Restriction.applying(account, name, address, room)
+    if found is not None:
+        return None, False, found
+    message, created = Message.objects.post(
         room, name, incoming.text, incoming.client_id, author=account, guest=account is None
     )
+    return message, created, None
 
 
 @database_sync_to_async
 def is_registered(name):
     return NameKey.objects.filter(key=names.key(name)).exists()
-
-
-@database_sync_to_async
-def session_get(session, key):
-    return session.get(key) if session is not None else None
 
 
 @database_sync_to_async
@@ -103,8 +108,19 @@ GUEST_NAME_KEY = "chat_guest_name"
 
 
 @database_sync_to_async
-def restriction(account, guest_name, address, room=None):
-    return Restriction.applying(account, guest_name, address, room)
+def admit(room, user, session, address):
+    """A handshake's checks, in one call to the database thread: (the guest's held nickname, refusal or None).
+
+    The refusal is the metric to count: a ban (the account, or a guest's
+    nickname or address), or a private room this user is not in.
+    """
+    account = user if user.is_authenticated else None
+    guest_name = session.get(GUEST_NAME_KEY) if account is None and session is not None else None
+    if Restriction.applying(account, guest_name, address) is not None:
+        return guest_name, metrics.refused_for_ban
+    if not Room.may_user_enter(room, user):
+        return guest_name, metrics.refused_for_private_room
+    return guest_name, None
 
 
 @database_sync_to_async
@@ -216,15 +232,10 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             metrics.refused_for_sign_in.inc()
             await self.close()  # sign in to enter
             return
-        else:
-            self.guest_name = await session_get(self.scope.get("session"), GUEST_NAME_KEY)
         self.address = (self.scope.get("client") or [None])[0]
-        if await restriction(self.account, self.guest_name, self.address):
-            metrics.refused_for_ban.inc()
-            await self.close()
-            return
-        if not await may_enter(self.room, self.user):
-            metrics.refused_for_private_room.inc()
+        self.guest_name, refusal = await admit(self.room, self.user, self.scope.get("session"), self.address)
+        if refusal is not None:
+            refusal.inc()
             await self.close()  # as for a room that does not exist: HTTP 403, nothing sent
             return
         self.group = protocol.group_name(self.room)
@@ -318,24 +329,23 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         except protocol.ProtocolError as error:
             await self.send_error(str(error), error.code, incoming.client_id)
             return
-        found = await restriction(self.account, name, self.address, self.room)
-        if found is not None:
-            banned = found.kind == Restriction.BAN
-            await self.send_error(
-                f"You are {'banned from this chat' if banned else 'muted in this room'}"
-                f"{until_text(found)}; the message was not sent.",
-                protocol.BANNED if banned else protocol.MUTED,
-                incoming.client_id,
-            )
-            return
         try:
-            message, created = await store(self.room, incoming, name, self.account)
+            message, created, found = await store(self.room, incoming, name, self.account, self.address)
         except DatabaseError as error:
             logger.error("Could not store a message in room %r: %s", self.room, error)
             metrics.store_failures.inc()
             await self.send_error(
                 "The chat could not save the message; it was not sent. Try again in a moment.",
                 protocol.STORE_FAILED,
+                incoming.client_id,
+            )
+            return
+        if found is not None:
+            banned = found.kind == Restriction.BAN
+            await self.send_error(
+                f"You are {'banned from this chat' if banned else 'muted in this room'}"
+                f"{until_text(found)}; the message was not sent.",
+                protocol.BANNED if banned else protocol.MUTED,
                 incoming.client_id,
             )
             return
