@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from chat.mailbox import Mailbox
 from chat.server import ChatServer
 
 from .conftest import free_port
+from .live_server import server_env
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -61,14 +61,7 @@ def start_server(port, env):
 
 def test_two_servers_chat_through_redis(tmp_path, redis_url):
     """Two chat-daphne processes on one Redis: a client of each, one room, every message at both."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "REDIS_", "CHAT_"))}
-    env.update(
-        DJANGO_SECRET_KEY="s" * 50,
-        DJANGO_ALLOWED_HOSTS="127.0.0.1",
-        DJANGO_SQLITE_PATH=str(tmp_path / "db.sqlite3"),
-        REDIS_URL=redis_url,
-        PYTHONPATH=str(APP_DIR),
-    )
+    env = server_env(tmp_path, redis_url)
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], env=env, cwd=APP_DIR, check=True,
                    capture_output=True, timeout=60)
     ports = [free_port(), free_port()]
