@@ -3,7 +3,6 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.contrib import admin
-from django.utils import timezone
 
 from . import protocol
 from .models import Message, ModerationLog, Restriction, Room, is_moderator
@@ -23,15 +22,7 @@ class MessageAdmin(admin.ModelAdmin):
     def delete_for_everyone(self, request, queryset):
         deleted = 0
         for message in queryset.filter(deleted=None):
-            message.deleted = timezone.now()
-            message.save(update_fields=["deleted"])
-            ModerationLog.objects.create(
-                actor=request.user,
-                action="delete message",
-                room=message.room,
-                target=f"#{message.id} by {message.user}",
-                detail=message.text[:500],
-            )
+            message.delete_for_everyone(request.user)
             try:
                 async_to_sync(get_channel_layer().group_send)(
                     protocol.group_name(message.room), {"type": "chat.deleted", "id": message.id}

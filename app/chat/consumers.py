@@ -10,13 +10,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.db import DatabaseError
-from django.utils import timezone
 
 from accounts.models import NameKey
 
 from . import metrics, names, presence, protocol
 from .dispatch import RelayDispatchMixin
-from .models import Message, ModerationLog, Restriction, Room, is_moderator
+from .models import Message, Restriction, Room, is_moderator
 from .ratelimit import TokenBucket, shared_limiter
 
 logger = logging.getLogger(__name__)
@@ -140,15 +139,7 @@ def delete_message(room, message_id, account):
     own = account is not None and message.author_id == account.pk
     if not own and not (account is not None and is_moderator(account)):
         return "Only its author or a moderator may delete a message.", protocol.NOT_ALLOWED
-    message.deleted = timezone.now()
-    message.save(update_fields=["deleted"])
-    ModerationLog.objects.create(
-        actor=account,
-        action="delete own message" if own else "delete message",
-        room=room,
-        target=f"#{message.id} by {message.user}",
-        detail=message.text[:500],
-    )
+    message.delete_for_everyone(account, own)
     return None
 
 

@@ -114,6 +114,18 @@ class Message(models.Model):
     def __str__(self):
         return f"{self.room} #{self.pk} {self.user}: {self.text[:40]}"
 
+    def delete_for_everyone(self, actor, own=False):
+        """Takes the message out of every later history and resync, and logs who did it."""
+        self.deleted = timezone.now()
+        self.save(update_fields=["deleted"])
+        ModerationLog.objects.create(
+            actor=actor,
+            action="delete own message" if own else "delete message",
+            room=self.room,
+            target=f"#{self.id} by {self.user}",
+            detail=self.text[:500],
+        )
+
 
 class Restriction(models.Model):
     """A mute (in one room, or every room) or a ban (from the site), for a time or for good.
