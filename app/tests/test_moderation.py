@@ -145,3 +145,15 @@ def test_mutes_and_bans_made_in_the_admin_are_logged(admin_client):
     admin_client.post(f"/admin/chat/restriction/{restriction.pk}/delete/", {"post": "yes"})
     assert [entry.action for entry in ModerationLog.objects.order_by("created")] == ["add mute", "lift mute"]
     assert admin_client.get("/admin/chat/moderationlog/").status_code == 200
+
+
+def test_the_admin_deletes_messages_for_everyone_and_logs_it(admin_client):
+    message, _ = Message.objects.post("lobby", "ann", "spam")
+    answer = admin_client.post(
+        "/admin/chat/message/", {"action": "delete_for_everyone", "_selected_action": [message.pk]}
+    )
+    assert answer.status_code == 302
+    message.refresh_from_db()
+    assert message.deleted is not None
+    entry = ModerationLog.objects.get()
+    assert (entry.actor.username, entry.action, entry.target) == ("admin", "delete message", f"#{message.pk} by ann")
