@@ -250,6 +250,10 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # One connection per thread, kept: opening a SQLite connection
+            # (the file, then the PRAGMAs above) cost a websocket join more
+            # than its queries did (py-spy under bench churn).
+            "CONN_MAX_AGE": None,
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -339,6 +343,10 @@ CHAT_RETENTION_DAYS = env_int("CHAT_RETENTION_DAYS", 0, minimum=0)
 CHAT_SEND_BUFFER_LIMIT = env_int(
     "CHAT_SEND_BUFFER_LIMIT", CHAT_RESYNC_LIMIT * (CHAT_MESSAGE_MAX_LENGTH * 4 + 512), minimum=65536
 )
+# Websocket handshakes a process works on at once; one more is refused at
+# once with HTTP 503 (chat/admission.py), so that a burst of joins cannot
+# queue up until none completes in time. 0: no limit.
+CHAT_HANDSHAKES_IN_FLIGHT = env_int("CHAT_HANDSHAKES_IN_FLIGHT", 64, minimum=0)
 
 # Prometheus metrics (chat/metrics.py). Each server process serves its own, on
 # CHAT_METRICS_ADDRESS and port CHAT_METRICS_PORT + CHAT_PROCESS_NUM
