@@ -14,6 +14,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator  # noqa: E402
 
 from chat import metrics  # noqa: E402
+from chat.admission import HandshakeLimiter  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -35,8 +36,11 @@ def allowed_hosts_origin_validator(application):
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # Refuses a handshake whose Origin is missing or not in ALLOWED_HOSTS.
-        "websocket": allowed_hosts_origin_validator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Refuses a handshake past CHAT_HANDSHAKES_IN_FLIGHT in progress (503),
+        # then one whose Origin is missing or not in ALLOWED_HOSTS.
+        "websocket": HandshakeLimiter(
+            allowed_hosts_origin_validator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )
 
