@@ -60,27 +60,16 @@ class RestrictionAdmin(admin.ModelAdmin):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
-        log(request, f"{'change' if change else 'add'} {obj.kind}", obj)
+        ModerationLog.record(request.user, f"{'change' if change else 'add'} {obj.kind}", obj)
 
     def delete_model(self, request, obj):
-        log(request, f"lift {obj.kind}", obj)
+        ModerationLog.record(request.user, f"lift {obj.kind}", obj)
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
         for obj in queryset:
-            log(request, f"lift {obj.kind}", obj)
+            ModerationLog.record(request.user, f"lift {obj.kind}", obj)
         super().delete_queryset(request, queryset)
-
-
-def log(request, action, restriction):
-    until = f"until {restriction.until:%Y-%m-%d %H:%M} UTC" if restriction.until else "until lifted"
-    ModerationLog.objects.create(
-        actor=request.user,
-        action=action,
-        room=restriction.room,
-        target=str(restriction.account or restriction.guest_name or restriction.address),
-        detail=f"{until}. {restriction.reason}".strip(),
-    )
 
 
 @admin.register(ModerationLog)

@@ -143,6 +143,32 @@ def delete_message(room, message_id, account):
     return None
 
 
+@database_sync_to_async
+def restrict_user(room, request, name, account):
+    """Mutes or bans `name` (an account when registered, else a guest's nickname): (restriction, whom, guest).
+
+    Raises ProtocolError when the asker is no moderator, or the name a moderator's.
+    """
+    if account is not None:
+        # As the account is now: made staff or given the permission since it connected.
+        account = get_user_model().objects.get(pk=account.pk)
+    if account is None or not is_moderator(account):
+        raise protocol.ProtocolError("Only a moderator may mute or ban.", protocol.NOT_ALLOWED)
+    found = NameKey.objects.filter(key=names.key(name)).select_related("user").first()
+    target = found.user if found is not None else None
+    if target is not None and is_moderator(target):
+        raise protocol.ProtocolError(
+            "Moderators cannot be muted or banned from the chat; staff can change that in the admin.",
+            protocol.NOT_ALLOWED,
+        )
+    kind = Restriction.MUTE if request.kind == "mute" else Restriction.BAN
+    restriction = Restriction.impose(
+        account, kind, account=target, guest_name=name if target is None else "", room=room,
+        minutes=request.minutes, reason=request.reason,
+    )
+    return restriction, target.get_username() if target is not None else name, target is None
+
+
 def until_text(restriction):
     return f" until {restriction.until:%Y-%m-%d %H:%M} UTC" if restriction.until else ""
 
@@ -302,6 +328,9 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         if isinstance(incoming, protocol.DeleteRequest):
             await self.delete(incoming.message_id)
             return
+        if isinstance(incoming, protocol.RestrictRequest):
+            await self.restrict(incoming)
+            return
         metrics.messages_received.inc()
         # The budget first: everything after it reads the database.
         allowed = await shared_limiter().take(self.rate_key(), settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
@@ -422,6 +451,20 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         except Exception:
             # Deleted for every later history and resync; pages open now keep it until they reload.
             logger.exception("Could not broadcast the deletion of message %s in room %r", message_id, self.room)
+
+    async def restrict(self, request):
+        """A moderator mutes someone in this room, or bans them from the site; confirmed to the moderator alone."""
+        try:
+            name = names.normalize(request.name)
+        except names.InvalidName as error:
+            await self.send_error(str(error), protocol.INVALID_USER)
+            return
+        try:
+            restriction, name, guest = await restrict_user(self.room, request, name, self.account)
+        except protocol.ProtocolError as error:
+            await self.send_error(str(error), error.code)
+            return
+        await self.send(text_data=protocol.restricted(restriction, name, guest))
 
     async def chat_access(self, event):
         """The room's access changed (made private, a member removed): leave if this client may no longer see it."""

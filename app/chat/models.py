@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
@@ -162,6 +164,17 @@ class Restriction(models.Model):
         return f"{self.kind} {who}" + (f" in {self.room}" if self.room else "")
 
     @classmethod
+    def impose(cls, actor, kind, account=None, guest_name="", room="", minutes=None, reason=""):
+        """A mute (in `room`) or a ban, by moderator `actor`, for `minutes` or until lifted; logged."""
+        until = timezone.now() + timedelta(minutes=minutes) if minutes else None
+        restriction = cls.objects.create(
+            kind=kind, account=account, guest_name=guest_name if account is None else "",
+            room=room if kind == cls.MUTE else "", until=until, reason=reason, created_by=actor,
+        )
+        ModerationLog.record(actor, f"add {kind}", restriction)
+        return restriction
+
+    @classmethod
     def applying(cls, account=None, guest_name=None, address=None, room=None):
         """The restriction that stops this person now: a ban, or (in `room`) a mute; None when there is none.
 
@@ -194,6 +207,18 @@ class ModerationLog(models.Model):
 
     class Meta:
         ordering = ["-created"]
+
+    @classmethod
+    def record(cls, actor, action, restriction):
+        """Logs a mute or ban made, changed or lifted (in the admin or from the chat) by `actor`."""
+        until = f"until {restriction.until:%Y-%m-%d %H:%M} UTC" if restriction.until else "until lifted"
+        return cls.objects.create(
+            actor=actor,
+            action=action,
+            room=restriction.room,
+            target=str(restriction.account or restriction.guest_name or restriction.address),
+            detail=f"{until}. {restriction.reason}".strip(),
+        )
 
     def __str__(self):
         return f"{self.created:%Y-%m-%d %H:%M} {self.actor}: {self.action} {self.target}"

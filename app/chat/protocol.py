@@ -100,6 +100,25 @@ class DeleteRequest:
 
 
 @dataclass(frozen=True)
+class RestrictRequest:
+    """{"mute": "<name>"} (in this room) or {"ban": "<name>"} (from the site), by a moderator.
+
+    "minutes" (optional) limits it in time; without it, it lasts until lifted
+    in the admin. "reason" (optional) is kept in the moderation log.
+    """
+
+    kind: str  # "mute" or "ban"
+    name: str
+    minutes: int | None = None
+    reason: str = ""
+
+
+# A mute or ban for longer than this is one "until lifted".
+RESTRICT_MAX_MINUTES = 366 * 24 * 60
+REASON_MAX_LENGTH = 200
+
+
+@dataclass(frozen=True)
 class PageRequest:
     """{"since": <id>} (the next resync page) or {"before": <id>} (older messages)."""
 
@@ -146,6 +165,9 @@ def parse_incoming(text_data, max_length):
                 return PageRequest(direction, parse_cursor(data[direction], direction))
         if "delete" in data:
             return DeleteRequest(parse_cursor(data["delete"], "delete"))
+        for kind in ("mute", "ban"):
+            if kind in data:
+                return parse_restrict(kind, data)
     client_id = data.get("client_id")
     if client_id is not None and not (isinstance(client_id, str) and CLIENT_ID.fullmatch(client_id)):
         raise ProtocolError(
@@ -177,6 +199,35 @@ def parse_incoming(text_data, max_length):
         )
     name = user.strip()
     return IncomingMessage(user=name or ANONYMOUS, text=text, client_id=client_id, user_given=bool(name))
+
+
+def parse_restrict(kind, data):
+    """A moderator's {"mute" | "ban": "<name>", "minutes": <n>, "reason": "..."}; raises ProtocolError."""
+    name = data[kind]
+    if not isinstance(name, str) or not name.strip() or len(name.strip()) > USER_MAX_LENGTH:
+        raise ProtocolError(f'"{kind}" must name a user: 1 to {USER_MAX_LENGTH} characters.', INVALID_REQUEST)
+    minutes = data.get("minutes")
+    if minutes is not None and (
+        isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= RESTRICT_MAX_MINUTES
+    ):
+        raise ProtocolError(
+            f'"minutes" must be a whole number from 1 to {RESTRICT_MAX_MINUTES}, or left out (until lifted).',
+            INVALID_REQUEST,
+        )
+    reason = data.get("reason") or ""
+    if (not isinstance(reason, str) or len(reason) > REASON_MAX_LENGTH or FORBIDDEN_IN_TEXT.search(reason)
+            or has_lone_surrogate(reason)):
+        raise ProtocolError(f'"reason" must be text of at most {REASON_MAX_LENGTH} characters.', INVALID_REQUEST)
+    return RestrictRequest(kind, name.strip(), minutes, reason.strip())
+
+
+def restricted(restriction, name, guest):
+    """The frame that confirms a mute or ban to the moderator who asked for it."""
+    until = restriction.until.isoformat() if restriction.until else None
+    return json.dumps(
+        {"restricted": restriction.kind, "user": name, "guest": guest, "room": restriction.room or None, "until": until},
+        ensure_ascii=False,
+    )
 
 
 def parse_cursor(value, direction):

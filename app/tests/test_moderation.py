@@ -1,6 +1,6 @@
 """Moderation: deleting messages (one's own, or any with the moderate permission), mutes, bans, and their log."""
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from channels.db import database_sync_to_async
@@ -132,6 +132,67 @@ async def test_a_banned_user_is_refused_at_the_handshake_and_a_banned_guest_by_a
     other.scope["client"] = ("192.0.2.7", 50000)
     assert (await other.connect(timeout=5))[0]
     await other.disconnect()
+
+
+async def test_a_moderator_mutes_from_the_chat_for_a_time_and_it_is_logged(channel_layer):
+    mod = await connect("/ws/chat/lobby/", await signed_in_cookie("mod"))
+    ann_cookie = await signed_in_cookie("ann")
+    ann = await connect("/ws/chat/lobby/", ann_cookie)
+    await make_moderator("mod")
+    await mod.send_json_to({"mute": "ＡＮＮ", "minutes": 10, "reason": "shouting"})  # the name as any width or case
+    confirmed = await receive(mod)
+    assert (confirmed["restricted"], confirmed["user"], confirmed["guest"], confirmed["room"]) == (
+        "mute", "ann", False, "lobby")
+    assert timedelta(minutes=9) < datetime.fromisoformat(confirmed["until"]) - timezone.now() <= timedelta(minutes=10)
+    await ann.send_json_to({"message": "LET ME SPEAK", "client_id": "m1"})
+    assert (await receive(ann))["code"] == "muted"
+    elsewhere = await connect("/ws/chat/kitchen/", ann_cookie)
+    await elsewhere.send_json_to({"message": "fine here"})
+    assert (await receive(elsewhere))["message"] == "fine here"  # a mute is for its room
+    entry = await database_sync_to_async(ModerationLog.objects.select_related("actor").get)()
+    assert (entry.actor.username, entry.action, entry.room, entry.target) == ("mod", "add mute", "lobby", "ann")
+    assert entry.detail.endswith("UTC. shouting")
+    for client in (mod, ann, elsewhere):
+        await client.disconnect()
+
+
+async def test_a_moderator_bans_a_guest_by_nickname_until_lifted(channel_layer):
+    mod = await connect("/ws/chat/lobby/", await signed_in_cookie("mod"))
+    await make_moderator("mod")
+    async with joined("/ws/chat/lobby/") as guest:
+        await guest.send_json_to({"message": "spam", "user": "troll"})
+        await receive(guest)
+        await receive(mod)
+        await mod.send_json_to({"ban": "troll"})
+        assert await receive(mod) == {"restricted": "ban", "user": "troll", "guest": True, "room": None, "until": None}
+        await guest.send_json_to({"message": "more spam", "user": "troll"})
+        assert (await receive(guest))["code"] == "banned"
+    await mod.disconnect()
+    restriction = await database_sync_to_async(Restriction.objects.get)()
+    assert (restriction.kind, restriction.guest_name, restriction.room, restriction.until) == ("ban", "troll", "", None)
+
+
+async def test_only_moderators_mute_or_ban_and_never_a_moderator(channel_layer):
+    ann = await connect("/ws/chat/lobby/", await signed_in_cookie("ann"))
+    mod = await connect("/ws/chat/lobby/", await signed_in_cookie("mod"))
+    await make_moderator("mod")
+    await database_sync_to_async(get_user_model().objects.create_user)("boss", is_staff=True)
+    async with joined("/ws/chat/lobby/") as guest:
+        for client in (ann, guest):
+            await client.send_json_to({"mute": "mod"})
+            assert (await receive(client))["code"] == "not_allowed"
+        await mod.send_json_to({"ban": "boss"})
+        assert (await receive(mod))["code"] == "not_allowed"
+        for bad in ({"mute": ""}, {"mute": "x" * 33}, {"mute": 7}, {"mute": "ann", "minutes": 0},
+                    {"mute": "ann", "minutes": True}, {"mute": "ann", "minutes": "10"},
+                    {"ban": "ann", "reason": "r" * 201}, {"ban": "ann", "reason": "\u0000"}):
+            await mod.send_json_to(bad)
+            assert (await receive(mod))["code"] == "invalid_request", bad
+        await mod.send_json_to({"mute": "a\u200bnn"})
+        assert (await receive(mod))["code"] == "invalid_user"
+    assert not await database_sync_to_async(Restriction.objects.exists)()
+    for client in (ann, mod):
+        await client.disconnect()
 
 
 def test_mutes_and_bans_made_in_the_admin_are_logged(admin_client):
