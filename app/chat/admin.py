@@ -38,13 +38,13 @@ class MessageAdmin(admin.ModelAdmin):
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
-    list_display = ["name", "private", "created_by", "last_seq"]
+    list_display = ["name", "key", "private", "created_by", "last_seq"]
     list_filter = ["private"]
-    search_fields = ["name"]
+    search_fields = ["name", "key"]
     filter_horizontal = ["members"]
     autocomplete_fields = ["created_by"]
     # last_seq numbers the room's messages: edited by hand, it would break the numbering clients rely on.
-    readonly_fields = ["last_seq"]
+    readonly_fields = ["key", "last_seq"]
 
 
 @admin.register(Restriction)

@@ -34,10 +34,12 @@ class Page:
     more: bool  # another page waits (newer for "after", older for "before")
     room_seq: int  # the room's last seq, read before the messages
     latest: int  # the room's last message id when read (when the page reaches the end)
+    room_name: str | None  # the room's shown name (None: the room has no row, so no messages)
 
 
-def room_seq(room):
-    return Room.objects.filter(name=room).values_list("last_seq", flat=True).first() or 0
+def room_seq_and_name(room):
+    """The room's last seq and its shown name, by its key."""
+    return Room.objects.filter(key=room).values_list("last_seq", "name").first() or (0, None)
 
 
 def latest_id(room):
@@ -51,18 +53,18 @@ def read_after(room, cursor):
     The room's seq is read first: every message numbered up to it was
     committed before the messages are read, so none of them is missed.
     """
-    seq = room_seq(room)
+    seq, name = room_seq_and_name(room)
     limit = settings.CHAT_RESYNC_LIMIT
     rows = list(Message.objects.filter(room=room, id__gt=cursor, deleted=None).order_by("id")[: limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page(rows, more, seq, rows[-1].id if rows else latest_id(room))
+    return Page(rows, more, seq, rows[-1].id if rows else latest_id(room), name)
 
 
 @database_sync_to_async
 def read_before(room, cursor):
     """The CHAT_HISTORY_LIMIT messages before id `cursor` (None: the latest), oldest first."""
-    seq = room_seq(room)
+    seq, name = room_seq_and_name(room)
     limit = settings.CHAT_HISTORY_LIMIT
     messages = Message.objects.filter(room=room, deleted=None)
     if cursor is not None:
@@ -70,18 +72,18 @@ def read_before(room, cursor):
     rows = list(messages.order_by("-id")[: limit + 1]) if limit else []
     more = len(rows) > limit if limit else messages.exists()
     rows = list(reversed(rows[:limit]))
-    return Page(rows, more, seq, latest_id(room) if cursor is None else 0)
+    return Page(rows, more, seq, latest_id(room) if cursor is None else 0, name)
 
 
 @database_sync_to_async
 def store(room, incoming, name, account, address):
-    """Stores the message unless a mute or ban stops its sender: (message, created, None) or (None, False, restriction).
+    """Stores the message in `room` (a room name) unless a mute or ban stops its sender.
 
-    One call to the database thread for both: Channels runs every
-    database call of a process on one thread, and a post is the chat's
-    commonest one.
+    Returns (message, created, None) or (None, False, restriction). One call
+    to the database thread for both: Channels runs every database call of a
+    process on one thread, and a post is the chat's commonest one.
     """
-    found = Restriction.applying(account, name, address, room)
+    found = Restriction.applying(account, name, address, protocol.room_key(room))
     if found is not None:
         return None, False, found
     message, created = Message.objects.post(
@@ -111,7 +113,7 @@ def admit(room, user, session, address):
     """A handshake's checks, in one call to the database thread: (the guest's held nickname, refusal or None).
 
     The refusal is the metric to count: a ban (the account, or a guest's
-    nickname or address), or a private room this user is not in.
+    nickname or address), or a private room (of key `room`) this user is not in.
     """
     account = user if user.is_authenticated else None
     guest_name = session.get(GUEST_NAME_KEY) if account is None and session is not None else None
@@ -224,6 +226,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     account = None  # the signed-in user (from the session), or None for a guest
     present_as = None  # (name, guest) this connection counts as in the room's presence
     guest_name = None  # a guest's nickname, held for the connection and its session
+    room = None  # the room's key (protocol.room_key): /ws/chat/Lobby/ and /ws/chat/lobby/ are one room
+    room_name = None  # the room's shown name, its frames' "room"
 
     async def __call__(self, scope, receive, send):
         try:
@@ -237,11 +241,16 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 self.gap_task.cancel()
 
     async def connect(self):
-        self.room = self.scope["url_route"]["kwargs"]["room_name"]
-        if not protocol.is_valid_room_name(self.room):
+        asked = self.scope["url_route"]["kwargs"]["room_name"]
+        if not protocol.is_valid_room_name(asked):
             metrics.refused_for_room_name.inc()
             await self.close()  # before accept: the handshake is refused (HTTP 403)
             return
+        # /ws/chat/Lobby/ and /ws/chat/lobby/ are one room: its key is what
+        # the database and the group go by; its frames show the room's own
+        # spelling, read with every page (until it has one: as asked).
+        self.room = protocol.room_key(asked)
+        self.room_name = protocol.room_shown_name(asked)
         self.user = user = self.scope.get("user") or AnonymousUser()
         if user.is_authenticated:
             self.account = user
@@ -350,7 +359,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.send_error(str(error), error.code, incoming.client_id)
             return
         try:
-            message, created, found = await store(self.room, incoming, name, self.account, self.address)
+            message, created, found = await store(self.room_name, incoming, name, self.account, self.address)
         except DatabaseError as error:
             logger.error("Could not store a message in room %r: %s", self.room, error)
             metrics.store_failures.inc()
@@ -373,6 +382,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.send(text_data=protocol.ack(incoming.client_id, message, duplicate=not created))
         if not created:
             return  # a resend of a message already stored, and broadcast then
+        self.room_name = message.room_name
         metrics.messages_stored.inc()
         try:
             # Serialized once here rather than once per receiving client.
@@ -384,7 +394,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                     "type": "chat.message",
                     "id": message.id,
                     "seq": message.seq,
-                    "text": protocol.outgoing(message),
+                    "text": protocol.outgoing(message, room=self.room_name),
                     "stored": time.time(),
                 },
             )
@@ -490,8 +500,10 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         sees, in a small room, exactly the frames it always did.
         """
         history = kind != "resync"
+        self.room_name = page.room_name or self.room_name
         for message in page.messages:
-            await self.send(text_data=protocol.outgoing(message, history=history, resync=not history))
+            frame = protocol.outgoing(message, history=history, resync=not history, room=self.room_name)
+            await self.send(text_data=frame)
         if asked or page.more:
             await self.send(text_data=protocol.page_end(kind, page.messages, page.more))
 
@@ -602,8 +614,9 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     async def catch_up(self, counter):
         counter.inc()
         page = await read_after(self.room, self.last_id)
+        self.room_name = page.room_name or self.room_name
         for message in page.messages:
-            await self.send(text_data=protocol.outgoing(message))
+            await self.send(text_data=protocol.outgoing(message, room=self.room_name))
         self.advance(page, page.more)
         if page.more:
             # Over a page behind: the client pages through the rest.

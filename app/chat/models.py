@@ -1,8 +1,11 @@
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils import timezone
+
+from . import protocol
 
 
 def is_moderator(user):
@@ -18,9 +21,15 @@ class Room(models.Model):
     many processes write. Without it a database that hands out ids before
     commit (PostgreSQL's sequences) can commit 41 after 42, and a client that
     saw 42 and resyncs with ?since=42 never gets 41.
+
+    Names that differ only by case or width are one room: its key
+    (protocol.room_key) is what its messages, mutes and channel-layer group
+    go by, and its name is the spelling it was first used with, which its
+    page and its messages' "room" show.
     """
 
-    name = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=64, unique=True, help_text="As shown; only its case or width may change.")
+    key = models.CharField(max_length=64, unique=True, editable=False)
     last_seq = models.PositiveBigIntegerField(default=0)
     # The account that posted first, or opened the room's settings first: it
     # may make the room private and say who its members are (so may staff).
@@ -35,6 +44,20 @@ class Room(models.Model):
     def __str__(self):
         return self.name
 
+    def clean(self):
+        if not protocol.is_valid_room_name(self.name):
+            raise ValidationError({"name": "A room name is 1 to 64 letters, digits, '_' or '-'."})
+        key = protocol.room_key(self.name)
+        if self.key and key != self.key:
+            raise ValidationError({"name": "A room's name may change only in case or width, or it is another room."})
+        if Room.objects.filter(key=key).exclude(pk=self.pk).exists():
+            raise ValidationError({"name": "That room exists already (names differing only in case or width are one)."})
+
+    def save(self, *args, **kwargs):
+        if not self.key:
+            self.key = protocol.room_key(self.name)
+        super().save(*args, **kwargs)
+
     def may_manage(self, user):
         return user.is_authenticated and (user.is_staff or (self.created_by_id is not None and user.pk == self.created_by_id))
 
@@ -44,30 +67,38 @@ class Room(models.Model):
         return self.may_manage(user) or (user.is_authenticated and self.members.filter(pk=user.pk).exists())
 
     @classmethod
-    def may_user_enter(cls, name, user):
-        """Whether `user` may see room `name` (a room without a row is public)."""
-        room = cls.objects.filter(name=name).first()
+    def may_user_enter(cls, key, user):
+        """Whether `user` may see the room of key `key` (a room without a row is public)."""
+        room = cls.objects.filter(key=key).first()
         return room is None or room.may_enter(user)
+
+    @staticmethod
+    def named(name, **defaults):
+        """get_or_create()'s arguments for the room `name` names in any case or width; a new one is shown as written."""
+        return {"key": protocol.room_key(name), "defaults": {"name": protocol.room_shown_name(name), **defaults}}
 
 
 class MessageManager(models.Manager):
     def post(self, room, user, text, client_id=None, author=None, guest=False):
-        """Stores a message in its room's order; returns (message, created).
+        """Stores a message in room `room` (a room name, in any case or width) in its order; returns (message, created).
 
         With a client_id, a message the same sender already posted with it is
         returned instead of stored again (created is False): a client may
-        resend until it sees its ack.
+        resend until it sees its ack. The message's room_name is the room's
+        shown name (Room.name), for its frame.
         """
         with transaction.atomic():
-            room_row, _ = Room.objects.select_for_update().get_or_create(name=room, defaults={"created_by": author})
+            room_row, _ = Room.objects.select_for_update().get_or_create(**Room.named(room, created_by=author))
+            key = room_row.key
             if client_id is not None:
-                earlier = self.filter(room=room, user=user, client_id=client_id).first()
+                earlier = self.filter(room=key, user=user, client_id=client_id).first()
                 if earlier is not None:
+                    earlier.room_name = room_row.name
                     return earlier, False
             room_row.last_seq += 1
             room_row.save(update_fields=["last_seq"])
             message = self.create(
-                room=room,
+                room=key,
                 seq=room_row.last_seq,
                 user=user,
                 text=text,
@@ -75,12 +106,14 @@ class MessageManager(models.Manager):
                 author=author,
                 guest=guest,
             )
+        message.room_name = room_row.name
         return message, True
 
 
 class Message(models.Model):
     """One chat message. Its primary key is the `id` clients see and resync from."""
 
+    # The room's key (Room.key): "Lobby" and "lobby" post to one room.
     room = models.CharField(max_length=64)
     # The message's number in its room: 1, 2, 3, ... with no gaps, so that a
     # server relaying a room sees at once when a message has not reached it.
@@ -143,7 +176,9 @@ class Restriction(models.Model):
     )
     guest_name = models.CharField(max_length=32, blank=True, help_text="A guest's nickname (for guests only).")
     address = models.GenericIPAddressField(null=True, blank=True, help_text="A guest's IP address (bans).")
-    room = models.CharField(max_length=64, blank=True, help_text="Mutes only; empty: every room.")
+    room = models.CharField(
+        max_length=64, blank=True, help_text="Mutes only; empty: every room. Any case or width: Lobby is lobby."
+    )
     until = models.DateTimeField(null=True, blank=True, help_text="Empty: until lifted.")
     reason = models.CharField(max_length=200, blank=True)
     created_by = models.ForeignKey(
@@ -163,6 +198,12 @@ class Restriction(models.Model):
         who = self.account or self.guest_name or self.address
         return f"{self.kind} {who}" + (f" in {self.room}" if self.room else "")
 
+    def save(self, *args, **kwargs):
+        # A mute in "Lobby" is a mute in the room "lobby": kept as the room's key, which applying() compares.
+        if self.room:
+            self.room = protocol.room_key(self.room)
+        super().save(*args, **kwargs)
+
     @classmethod
     def impose(cls, actor, kind, account=None, guest_name="", room="", minutes=None, reason=""):
         """A mute (in `room`) or a ban, by moderator `actor`, for `minutes` or until lifted; logged."""
@@ -176,7 +217,7 @@ class Restriction(models.Model):
 
     @classmethod
     def applying(cls, account=None, guest_name=None, address=None, room=None):
-        """The restriction that stops this person now: a ban, or (in `room`) a mute; None when there is none.
+        """The restriction that stops this person now: a ban, or (in room key `room`) a mute; None when there is none.
 
         One query, since it runs for every message posted.
         """

@@ -15,10 +15,14 @@ frame.
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-ROOM_NAME = re.compile(r"[\w-]{1,64}")
+from . import names
+
+ROOM_NAME_MAX_LENGTH = 64
+ROOM_NAME = re.compile(rf"[\w-]{{1,{ROOM_NAME_MAX_LENGTH}}}")
 USER_MAX_LENGTH = 32
 ANONYMOUS = "anonymous"
 
@@ -130,8 +134,30 @@ def is_valid_room_name(name):
     return bool(ROOM_NAME.fullmatch(name))
 
 
+def room_key(name):
+    """Which room a (valid) room name names: names that differ only by case or width are one room.
+
+    It is the name's key (names.key: NFKC, case-folded), so "Lobby", "LOBBY"
+    and "ｌｏｂｂｙ" are the room "lobby": its Room.key, its messages'
+    Message.room, its channel-layer group. A few letters fold to two (ß is
+    ss): a name whose key would be longer than a room name may be is keyed
+    by its NFKC form instead, so that every name that was valid stays a room.
+    """
+    key = names.key(name)
+    if len(key) <= ROOM_NAME_MAX_LENGTH:
+        return key
+    normalized = unicodedata.normalize("NFKC", name)
+    return normalized if len(normalized) <= ROOM_NAME_MAX_LENGTH else name
+
+
+def room_shown_name(name):
+    """How a new room is shown: the name it is first used with, NFKC-normalized when that is still a room name."""
+    normalized = unicodedata.normalize("NFKC", name)
+    return normalized if is_valid_room_name(normalized) else name
+
+
 def group_name(room):
-    """The channel-layer group of a room.
+    """The channel-layer group of a room, by its key (room_key).
 
     Group names may only hold ASCII letters, digits, '-', '_' and '.', and room
     names are any Unicode word characters, so the room is hashed: distinct
@@ -259,11 +285,15 @@ def wants_presence(query_string):
     return parse_qs(query_string.decode("latin-1")).get("presence", ["0"])[-1] in ("1", "true", "yes")
 
 
-def outgoing(message, history=False, resync=False):
-    """The JSON text every client in the room receives for a stored message."""
+def outgoing(message, history=False, resync=False, room=None):
+    """The JSON text every client in the room receives for a stored message.
+
+    "room" is the room's shown name (Room.name, the spelling it was first
+    used with) when given, else the message's room key.
+    """
     payload = {
         "id": message.id,
-        "room": message.room,
+        "room": room or message.room,
         "user": message.user,
         "message": message.text,
         "ts": message.created.isoformat().replace("+00:00", "Z"),

@@ -34,9 +34,11 @@ def room(request, room_name):
     signed_in = request.user.is_authenticated
     if not signed_in and settings.CHAT_GUESTS == "off":
         return redirect_to_login(request.get_full_path())
-    room_row = Room.objects.filter(name=room_name).first()
+    # /chat/Lobby/ and /chat/lobby/ are one room, shown as its own spelling.
+    room_row = Room.objects.filter(key=protocol.room_key(room_name)).first()
     if room_row is not None and not room_row.may_enter(request.user):
         raise Http404("No such room.")  # a private room does not exist for those outside it
+    room_name = room_row.name if room_row is not None else protocol.room_shown_name(room_name)
     nickname = ""
     if signed_in:
         nickname = request.user.get_username()
@@ -95,7 +97,7 @@ def room_settings(request, room_name):
     if not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     # Whoever opens an unclaimed room's settings first is its creator.
-    room_row, _ = Room.objects.get_or_create(name=room_name, defaults={"created_by": request.user})
+    room_row, _ = Room.objects.get_or_create(**Room.named(room_name, created_by=request.user))
     if not room_row.may_manage(request.user):
         if not room_row.may_enter(request.user):
             raise Http404("No such room.")
@@ -111,11 +113,11 @@ def room_settings(request, room_name):
         room_row.members.set(get_user_model().objects.filter(pk__in=form.cleaned_data["members"]))
         # Open connections of people who may no longer enter are closed (4403).
         try:
-            async_to_sync(get_channel_layer().group_send)(protocol.group_name(room_name), {"type": "chat.access"})
+            async_to_sync(get_channel_layer().group_send)(protocol.group_name(room_row.key), {"type": "chat.access"})
         except Exception:
-            logger.exception("Could not tell room %r that its access changed", room_name)
-        return redirect("chat:room", room_name=room_name)
-    return render(request, "chat/room_settings.html", {"room_name": room_name, "form": form, "room": room_row})
+            logger.exception("Could not tell room %r that its access changed", room_row.name)
+        return redirect("chat:room", room_name=room_row.name)
+    return render(request, "chat/room_settings.html", {"room_name": room_row.name, "form": form, "room": room_row})
 
 
 @database_sync_to_async
