@@ -223,7 +223,7 @@ def test_a_guest_cannot_take_a_registered_name(person, chat_url):
     expect(message(guest, "it is me, honest").locator(".user.guest")).to_have_text(guest_name, timeout=TIMEOUT)
 
 
-def test_a_moderator_deletes_a_message_and_it_leaves_every_page(person, chat_url, server_shell):
+def test_a_moderator_deletes_a_message_and_mutes_its_author(person, chat_url, server_shell):
     room = f"e2e-{uuid.uuid4().hex[:8]}"
     moderator_name = unique("mod")
     moderator = person("moderator")
@@ -261,6 +261,16 @@ def test_a_moderator_deletes_a_message_and_it_leaves_every_page(person, chat_url
     author.reload()
     expect(message(author, "a message to keep")).to_have_count(1, timeout=TIMEOUT)
     expect(message(author, "a message to delete")).to_have_count(0)
+
+    # Then mutes its author in the room for ten minutes: the guest's next
+    # message is refused with the reason, and its text stays in the box.
+    moderator.once("dialog", lambda dialog: dialog.accept())  # "Mute ... for 10 minutes?"
+    message(moderator, "a message to keep").locator("button.mute").click()
+    expect(moderator.locator("#chat-error")).to_contain_text("is muted in this room until", timeout=TIMEOUT)
+    connected(author)
+    send(author, "can I still talk?")
+    expect(author.locator("#chat-error")).to_contain_text("muted in this room", timeout=TIMEOUT)
+    expect(author.locator("#chat-message-input")).to_have_value("can I still talk?")
 
 
 def test_a_private_room_is_refused_to_a_third_person(person, chat_url):

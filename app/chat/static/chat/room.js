@@ -80,6 +80,7 @@ const REFUSALS = {
   muted: gettext("You are muted in this room; the message was not sent."),
   banned: gettext("You are banned from this chat; the message was not sent."),
   not_allowed: gettext("Only its author or a moderator may delete a message."),
+  not_allowed_mute: gettext("Moderators and staff cannot be muted or banned from the chat."),
   not_found: gettext("That message is no longer there."),
 };
 const UNTIL = {
@@ -273,6 +274,7 @@ function messageItem(message) {
   text.textContent = message.message;
   item.append(timeElement(when, message.ts), user, text);
   if (mayDelete(message)) item.append(deleteButton(message));
+  if (mayMute(message)) item.append(muteButton(message));
   return { item, when };
 }
 
@@ -298,9 +300,51 @@ function deleteButton(message) {
       return;
     }
     button.disabled = true;
+    lastRequest = "delete";
     socket.send(JSON.stringify({ delete: message.id }));
   });
   return button;
+}
+
+// ---- muting ----------------------------------------------------------------
+
+// A moderator mutes someone else in this room for MUTE_MINUTES (longer mutes,
+// bans and lifting them: {"ban"} or the admin). The server decides anyway.
+const MUTE_MINUTES = 10;
+// What the moderation buttons asked last ("delete" or "mute"): a not_allowed
+// refusal is about it.
+let lastRequest = null;
+
+function mayMute(message) {
+  return Boolean(config.canModerate && message.user !== config.nickname && message.user !== "anonymous");
+}
+
+function muteButton(message) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "mute";
+  button.textContent = format(gettext("Mute %(minutes)s min"), { minutes: MUTE_MINUTES });
+  button.setAttribute("aria-label", format(gettext("Mute %(user)s in this room"), { user: message.user }));
+  button.addEventListener("click", () => {
+    const question = gettext("Mute %(user)s in this room for %(minutes)s minutes?");
+    if (!window.confirm(format(question, { user: message.user, minutes: MUTE_MINUTES }))) return;
+    if (!isOpen()) {
+      showError(gettext("Not connected: try again when the chat is back."));
+      return;
+    }
+    lastRequest = "mute";
+    socket.send(JSON.stringify({ mute: message.user, minutes: MUTE_MINUTES }));
+  });
+  return button;
+}
+
+// {"restricted": "mute" | "ban", "user", "until"}: the moderator's mute or ban is in force.
+function onRestricted(frame) {
+  const until = frame.until ? new Date(frame.until).toLocaleString(LOCALE, { dateStyle: "medium", timeStyle: "short" }) : null;
+  const text = frame.restricted === "ban"
+    ? (until ? gettext("%(user)s is banned from the chat until %(until)s.") : gettext("%(user)s is banned from the chat."))
+    : (until ? gettext("%(user)s is muted in this room until %(until)s.") : gettext("%(user)s is muted in this room."));
+  showError(format(text, { user: frame.user, until }));
 }
 
 function firstPending() {
@@ -703,8 +747,9 @@ function onFrame(data) {
       onRefused(data);
       answered(data.client_id);
     } else {
-      // A refusal of no message: a deletion, a request, the cursor.
-      showError(refusalText(data));
+      // A refusal of no message: a deletion, a mute, a request, the cursor.
+      const muting = data.code === "not_allowed" && lastRequest === "mute";
+      showError(muting ? REFUSALS.not_allowed_mute : refusalText(data));
       if (data.code === "not_allowed" || data.code === "not_found") {
         for (const button of log.querySelectorAll("button.delete:disabled")) button.disabled = false;
       }
@@ -729,6 +774,7 @@ function ackByEcho(message) {
 function onRoomFrame(data) {
   if (typeof data.page === "string") onPageEnd(data);
   else if (typeof data.deleted === "number") removeMessage(data.deleted);
+  else if (typeof data.restricted === "string") onRestricted(data);
   else if (Array.isArray(data.presence)) showPresence(data);
   else if (typeof data.id === "number") {
     ackByEcho(data);
