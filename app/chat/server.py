@@ -38,6 +38,7 @@ import ipaddress
 import logging
 import os
 import sys
+import time
 from functools import partial
 
 from autobahn.websocket.types import ConnectionDeny
@@ -48,6 +49,10 @@ from daphne.server import Server
 from .mailbox import Mailbox
 
 logger = logging.getLogger(__name__)
+
+# How often chat-daphne looks for websocket applications daphne has lost track
+# of (ChatServer.reap_orphans).
+ORPHAN_CHECK_SECONDS = 10
 
 # Seconds a websocket closed for its unsent data has to read the close frame
 # before it is dropped (autobahn's close handshake timeout, 1 s by default, is
@@ -74,15 +79,91 @@ def configured_send_buffer_limit():
 class ChatServer(Server):
     send_buffer_limit = None  # bytes; from the settings when the server runs
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # application task -> {"protocol", "inbox", "orphaned": when first found}
+        self.websocket_applications = {}
+
     def run(self):
         # The application (and with it Django's settings) is loaded by now.
         self.send_buffer_limit = configured_send_buffer_limit()
+        from twisted.internet import reactor  # daphne.server installed the asyncio reactor
+
+        reactor.callLater(ORPHAN_CHECK_SECONDS, self.orphan_checker)
         super().run()
+
+    # --- Websocket applications whose connection daphne lost track of ---
+    #
+    # daphne tells an application its websocket is gone (websocket.disconnect)
+    # from the protocol's onClose, and cancels one that outlives its closed
+    # connection from application_checker, which walks self.connections. The
+    # churn soak (bench churn) left consumers running, counted open, with no
+    # TCP connection and no "took too long to shut down" line: daphne no
+    # longer had a live record of their connection, so nothing would ever end
+    # them, and their Redis subscriptions stayed. chat-daphne keeps its own
+    # list of websocket applications and, every ORPHAN_CHECK_SECONDS, ends
+    # those whose connection is gone while daphne has not said so: a
+    # websocket.disconnect first, so that their clean-up runs, then a cancel
+    # after application_close_timeout. Each one is logged with what was
+    # missing, so the path that loses them can be found.
+
+    def forget_application(self, instance):
+        self.websocket_applications.pop(instance, None)
+
+    def orphan_checker(self):
+        from twisted.internet import reactor
+
+        try:
+            self.reap_orphans()
+        except Exception:
+            logger.exception("Looking for orphaned websocket applications failed")
+        finally:
+            reactor.callLater(ORPHAN_CHECK_SECONDS, self.orphan_checker)
+
+    def reap_orphans(self, now=None):
+        """Ends the websocket applications whose connection is gone without daphne having told them; returns how many it found."""
+        now = time.monotonic() if now is None else now
+        found = 0
+        for instance, entry in list(self.websocket_applications.items()):
+            if instance.done():
+                del self.websocket_applications[instance]
+                continue
+            protocol, inbox = entry["protocol"], entry["inbox"]
+            why = self.orphaned(protocol)
+            if why is None:
+                continue
+            found += 1
+            if "orphaned" not in entry:
+                entry["orphaned"] = now
+                logger.warning("Ending the websocket application of %s (%s): %s",
+                               "%s:%s" % tuple(protocol.client_addr) if getattr(protocol, "client_addr", None) else "?",
+                               getattr(protocol, "path", b"?").decode("ascii", "replace"), why)
+                inbox.put_nowait({"type": "websocket.disconnect", "code": 1006})
+            elif now - entry["orphaned"] > self.application_close_timeout:
+                instance.cancel()
+        return found
+
+    def orphaned(self, protocol):
+        """Why `protocol`'s application will never hear its websocket is gone, or None when it will."""
+        details = self.connections.get(protocol)
+        if details is None:
+            return "daphne no longer tracks its connection"
+        if "disconnected" in details:
+            return None  # daphne's application_checker ends it
+        transport = getattr(protocol, "transport", None)
+        if transport is None or getattr(transport, "disconnected", False):
+            return "its connection is closed but daphne never marked it disconnected"
+        return None
 
     def create_application(self, protocol, scope):
         if scope["type"] == "websocket":
             scope["extensions"] = {"websocket.http.response": {}}
-        return self.create_application_with_mailbox(protocol, scope)
+        inbox = self.create_application_with_mailbox(protocol, scope)
+        if inbox is not None and scope["type"] == "websocket":
+            instance = self.connections[protocol]["application_instance"]
+            self.websocket_applications[instance] = {"protocol": protocol, "inbox": inbox}
+            instance.add_done_callback(self.forget_application)
+        return inbox
 
     async def handle_reply(self, protocol, message):
         kind = message.get("type")

@@ -7,6 +7,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import websockets
 
@@ -37,6 +38,66 @@ async def test_the_application_reads_its_events_from_a_mailbox():
     inbox.put_nowait({"type": "websocket.receive", "text": "hi"})
     await asyncio.wait_for(server.connections[connection]["application_instance"], 5)
     assert events == ["websocket", {"type": "websocket.connect"}, {"type": "websocket.receive", "text": "hi"}]
+
+
+class Connection:
+    """Stands for daphne's WebSocketProtocol: a transport that is open or closed."""
+
+    client_addr = ["192.0.2.7", 50000]
+    path = b"/ws/chat/lobby/"
+
+    def __init__(self, open_=True):
+        self.transport = SimpleNamespace(disconnected=not open_)
+
+
+async def waiting_application(scope, receive, send):
+    """A websocket application that ends when it hears websocket.disconnect, as a consumer does."""
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def deaf_application(scope, receive, send):
+    await asyncio.sleep(3600)
+
+
+def websocket_server(application, *connections):
+    server = ChatServer(application=application, endpoints=["tcp:port=0"])
+    server.connections = {}  # as Server.run() sets it up
+    inboxes = []
+    for connection in connections:
+        server.connections[connection] = {}
+        inboxes.append(server.create_application(connection, {"type": "websocket"}))
+    return server, inboxes
+
+
+async def test_an_application_daphne_lost_track_of_is_told_its_websocket_is_gone():
+    forgotten, closed, alive, disconnected = Connection(), Connection(open_=False), Connection(), Connection(open_=False)
+    server, _ = websocket_server(waiting_application, forgotten, closed, alive, disconnected)
+    instances = {c: server.connections[c]["application_instance"] for c in (forgotten, closed, alive, disconnected)}
+    del server.connections[forgotten]  # daphne dropped its record, the application still runs
+    server.connections[disconnected]["disconnected"] = time.time()  # daphne's own checker ends this one
+    assert server.reap_orphans() == 2
+    await asyncio.wait_for(asyncio.gather(instances[forgotten], instances[closed]), 5)
+    await asyncio.sleep(0)
+    assert not instances[alive].done() and not instances[disconnected].done()
+    assert set(server.websocket_applications) == {instances[alive], instances[disconnected]}  # the ended are forgotten
+    for instance in instances.values():
+        instance.cancel()
+
+
+async def test_an_orphan_that_does_not_end_is_cancelled_after_the_close_timeout():
+    lost = Connection(open_=False)
+    server, _ = websocket_server(deaf_application, lost)
+    instance = server.connections[lost]["application_instance"]
+    start = time.monotonic()
+    assert server.reap_orphans(now=start) == 1
+    await asyncio.sleep(0.01)
+    server.reap_orphans(now=start + server.application_close_timeout / 2)
+    await asyncio.sleep(0.01)
+    assert not instance.done()
+    server.reap_orphans(now=start + server.application_close_timeout + 1)
+    await asyncio.sleep(0.01)
+    assert instance.cancelled()
 
 
 def start_server(port, env):
