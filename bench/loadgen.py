@@ -39,6 +39,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import random
 import resource
 import signal
 import socket
@@ -53,6 +54,17 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from . import memory as server_memory
+
+# Times a handshake answered 503 (the server is busy) is tried again.
+BUSY_RETRIES = 20
+
+
+def retry_after(response, default=1.0, longest=5.0):
+    """Seconds a 503's Retry-After asks for (default without one), at most `longest`."""
+    try:
+        return min(longest, max(0.1, float(response.headers.get("Retry-After", default))))
+    except ValueError:
+        return default
 
 # Hard caps, so that a run stays bounded in size and time whatever it is asked.
 MAX_CLIENTS = 20_000
@@ -287,6 +299,7 @@ class _Worker(PipeWorker):
         self.received = [0] * rooms
         self.refused = Counter()
         self.failed = Counter()
+        self.busy_retries = 0  # handshakes answered 503 (busy) and tried again
         self.handshake_us = array("I")
         self.settled_ns = 0
         self.answered = 0  # messages of our senders answered: own copy back, or an error frame
@@ -313,6 +326,7 @@ class _Worker(PipeWorker):
                 "per_room": self.connected,
                 "refused": dict(self.refused),
                 "failed": dict(self.failed),
+                "busy_retries": self.busy_retries,
                 "settled_ns": self.settled_ns,
                 "handshake_us": self.handshake_us.tobytes(),
             },
@@ -345,32 +359,41 @@ class _Worker(PipeWorker):
                 if client.sender is not None:
                     cookie = await asyncio.get_running_loop().run_in_executor(None, guest_session, client.url)
                     headers = {"Cookie": cookie} if cookie else {}
-                started = time.perf_counter()
-                try:
-                    client.ws = await connect(
-                        client.url,
-                        origin=self.plan.origin,
-                        additional_headers=headers,
-                        open_timeout=self.plan.open_timeout,
-                        # No keepalive pings of our own: a loaded server answering
-                        # late must not make the client hang up. The server's pings
-                        # are still answered.
-                        ping_interval=None,
-                        close_timeout=2,
-                        # No permessage-deflate: every server sends the same bytes.
-                        compression=None,
-                        proxy=None,
-                    )
-                except InvalidStatus as error:
-                    self.refused[error.response.status_code] += 1
-                except Exception as error:  # any other failed handshake is counted, by kind
-                    self.failed[type(error).__name__] += 1
-                else:
-                    self.handshake_us.append(int((time.perf_counter() - started) * 1e6))
-                    self.connected[client.room] += 1
-                    client.reader = asyncio.create_task(self._receive(client))
-                finally:
-                    self.settled_ns = time.time_ns()
+                for attempt in range(BUSY_RETRIES + 1):
+                    started = time.perf_counter()
+                    try:
+                        client.ws = await connect(
+                            client.url,
+                            origin=self.plan.origin,
+                            additional_headers=headers,
+                            open_timeout=self.plan.open_timeout,
+                            # No keepalive pings of our own: a loaded server answering
+                            # late must not make the client hang up. The server's pings
+                            # are still answered.
+                            ping_interval=None,
+                            close_timeout=2,
+                            # No permessage-deflate: every server sends the same bytes.
+                            compression=None,
+                            proxy=None,
+                        )
+                    except InvalidStatus as error:
+                        status = error.response.status_code
+                        if status == 503 and attempt < BUSY_RETRIES:
+                            # The server sheds handshakes past CHAT_HANDSHAKES_IN_FLIGHT:
+                            # a client comes back after Retry-After, as the page does.
+                            self.busy_retries += 1
+                            await asyncio.sleep(retry_after(error.response) * (0.5 + random.random()))
+                            continue
+                        self.refused[status] += 1
+                    except Exception as error:  # any other failed handshake is counted, by kind
+                        self.failed[type(error).__name__] += 1
+                    else:
+                        self.handshake_us.append(int((time.perf_counter() - started) * 1e6))
+                        self.connected[client.room] += 1
+                        client.reader = asyncio.create_task(self._receive(client))
+                    finally:
+                        self.settled_ns = time.time_ns()
+                    break
 
         await asyncio.gather(*(open_one(client) for client in self.clients))
 
@@ -697,6 +720,7 @@ def summarize(plan, connects, results, connect_ns, start_ns):
             "accepted": sum(connected),
             "refused": sum(refused.values()),
             "refused_by_status": dict(refused),
+            "busy_retries": sum(report.get("busy_retries", 0) for report in connects),
             "failed": sum(failed.values()),
             "failed_by_error": dict(failed),
             "time_s": round(max(report["settled_ns"] for report in connects) / 1e9 - connect_ns / 1e9, 3),

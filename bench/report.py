@@ -70,6 +70,7 @@ def text_block(result):
         + (f" (handshake p50 {fmt_ms(handshake['p50'])} ms, p99 {fmt_ms(handshake['p99'])} ms)" if handshake else "")
         + f"; refused {connect['refused']}"
         + (f" {connect['refused_by_status']}" if connect["refused"] else "")
+        + (f"; retried after 503 (busy) {connect['busy_retries']}" if connect.get("busy_retries") else "")
         + f"; failed {connect['failed']}"
         + (f" {connect['failed_by_error']}" if connect["failed"] else "")
     )
