@@ -37,10 +37,12 @@ import http
 import ipaddress
 import logging
 import os
+import pprint
 import sys
 import time
 from functools import partial
 
+from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny
 from daphne import http_protocol, utils, ws_protocol
 from daphne.cli import CommandLineInterface
@@ -58,6 +60,30 @@ ORPHAN_CHECK_SECONDS = 10
 # before it is dropped (autobahn's close handshake timeout, 1 s by default, is
 # for clients that read).
 CLOSE_TIMEOUT = 5
+
+
+class LazyPformat:
+    """pprint.pformat(value), computed only when a log line is written."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __str__(self):
+        return pprint.pformat(self.value)
+
+    __repr__ = __str__
+
+
+# autobahn formats its ~40 settings with pformat for a debug line on every
+# connection, whether debug logging is on or not: py-spy under the churn soak
+# found the server's event loop in that pformat more often than anywhere
+# else. The same line, formatted only when written.
+if getattr(autobahn_protocol, "pformat", None) is not pprint.pformat:
+    raise ImportError("chat.server: autobahn.websocket.protocol no longer uses pprint.pformat; "
+                      "drop or update the LazyPformat hook for this autobahn")
+autobahn_protocol.pformat = LazyPformat
 
 
 def unsent_bytes(transport):

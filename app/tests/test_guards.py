@@ -7,6 +7,7 @@ chat.message, and chat-daphne's copy of daphne's create_application.
 
 import ast
 import inspect
+import pprint
 import textwrap
 from unittest import mock
 
@@ -82,3 +83,13 @@ def test_twisted_still_keeps_unsent_data_where_chat_daphne_counts_it():
     transport.startWriting = lambda: None  # no reactor: the data stays where Twisted keeps it until it can write
     transport.write(b"x" * 1000)
     assert chat_server.unsent_bytes(transport) == 1000
+
+
+def test_autobahn_formats_its_settings_only_when_it_logs_them():
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    assert autobahn_protocol.pformat is chat_server.LazyPformat
+    # Still where autobahn calls it, once per connection.
+    assert "pformat(configAttrLog)" in inspect.getsource(autobahn_protocol.WebSocketProtocol._connectionMade)
+    settings = [("autoPingInterval", 20, "WebSocketServerFactory")]
+    assert str(chat_server.LazyPformat(settings)) == pprint.pformat(settings)
