@@ -33,6 +33,7 @@ everything else is daphne's, options included, plus one: --proxy-trusted
 
 import argparse
 import asyncio
+import collections
 import http
 import ipaddress
 import logging
@@ -47,6 +48,7 @@ from autobahn.websocket.types import ConnectionDeny
 from daphne import http_protocol, utils, ws_protocol
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
+from twisted.logger import globalLogPublisher
 
 from .mailbox import Mailbox
 
@@ -102,6 +104,37 @@ def configured_send_buffer_limit():
     return getattr(settings, "CHAT_SEND_BUFFER_LIMIT", None) if settings.configured else None
 
 
+class TwistedErrors:
+    """Logs the exceptions Twisted catches in its callbacks, which daphne sends nowhere.
+
+    daphne points Twisted's log at nothing unless run with -v 2, so an
+    exception raised in a protocol callback (onClose, a read) vanishes, and
+    whatever it cut short (an application never told its websocket closed)
+    with it. This observer logs the first of each kind (exception type and
+    where it was raised) with its traceback, then one in every thousand with
+    the count, so a storm of them costs little log.
+    """
+
+    EVERY = 1000
+
+    def __init__(self):
+        self.counts = collections.Counter()
+
+    def __call__(self, event):
+        failure = event.get("log_failure")
+        if failure is None:
+            return
+        frames = failure.frames
+        where = f"{frames[-1][1]}:{frames[-1][2]}" if frames else "?"
+        kind = (failure.type.__name__, where)
+        self.counts[kind] += 1
+        count = self.counts[kind]
+        if count == 1:
+            logger.error("Twisted caught %s in %s: %s", kind[0], where, failure.getTraceback())
+        elif count % self.EVERY == 0:
+            logger.error("Twisted caught %s in %s %d times so far", kind[0], where, count)
+
+
 class ChatServer(Server):
     send_buffer_limit = None  # bytes; from the settings when the server runs
 
@@ -116,6 +149,7 @@ class ChatServer(Server):
         from twisted.internet import reactor  # daphne.server installed the asyncio reactor
 
         reactor.callLater(ORPHAN_CHECK_SECONDS, self.orphan_checker)
+        globalLogPublisher.addObserver(TwistedErrors())
         super().run()
 
     # --- Websocket applications whose connection daphne lost track of ---

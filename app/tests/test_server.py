@@ -154,3 +154,28 @@ def test_two_servers_chat_through_redis(tmp_path, redis_url):
         for server in servers:
             server.terminate()
             server.wait(timeout=15)
+
+
+def test_exceptions_twisted_catches_reach_the_log_the_first_and_then_one_in_a_thousand(caplog):
+    from twisted.logger import Logger, LogPublisher
+    from twisted.python.failure import Failure
+
+    from chat.server import TwistedErrors
+
+    publisher = LogPublisher(TwistedErrors())
+    log = Logger(observer=publisher)
+
+    def fail():
+        try:
+            {}["gone"]
+        except KeyError:
+            log.failure("in a callback", Failure())
+
+    with caplog.at_level("ERROR", logger="chat.server"):
+        for _ in range(TwistedErrors.EVERY):
+            fail()
+        log.info("not a failure")
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("Twisted caught KeyError in ") and "Traceback" in messages[0]
+    assert messages[1].endswith(f"{TwistedErrors.EVERY} times so far")
