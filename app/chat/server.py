@@ -228,6 +228,15 @@ class ChatServer(Server):
     async def handle_reply(self, protocol, message):
         kind = message.get("type")
         if isinstance(protocol, ws_protocol.WebSocketProtocol):
+            if protocol.state == protocol.STATE_CLOSED:
+                # autobahn dropped the connection (its opening handshake
+                # timed out while the application worked on it) and is only
+                # waiting for the socket to close. An accept now would set it
+                # open again, autobahn's connectionLost would then fail
+                # (AlreadyCalledError) before daphne's onClose, and the
+                # application would never hear websocket.disconnect: the
+                # orphans of the churn soak. It hears it when the socket closes.
+                return
             if kind == "websocket.send" and protocol.state not in (protocol.STATE_OPEN, protocol.STATE_CONNECTING):
                 return  # closing: the application hears websocket.disconnect next
             if kind in ("websocket.http.response.start", "websocket.http.response.body"):

@@ -179,3 +179,22 @@ def test_exceptions_twisted_catches_reach_the_log_the_first_and_then_one_in_a_th
     assert len(messages) == 2
     assert messages[0].startswith("Twisted caught KeyError in ") and "Traceback" in messages[0]
     assert messages[1].endswith(f"{TwistedErrors.EVERY} times so far")
+
+
+async def test_nothing_is_sent_on_a_websocket_autobahn_has_already_dropped():
+    from daphne.ws_protocol import WebSocketProtocol
+
+    server = ChatServer(application=waiting_application, endpoints=["tcp:port=0"])
+    server.connections = {}
+    protocol = WebSocketProtocol.__new__(WebSocketProtocol)  # daphne's protocol, without a connection
+    handled = []
+    protocol.handle_reply = handled.append
+    server.connections[protocol] = {}
+    protocol.state = WebSocketProtocol.STATE_CLOSED  # its opening handshake timed out: autobahn dropped it
+    for message in ({"type": "websocket.accept"}, {"type": "websocket.send", "text": "hi"}, {"type": "websocket.close"}):
+        await server.handle_reply(protocol, message)
+    # An accept would have set it open again, and its close would never have reached the application.
+    assert handled == []
+    protocol.state = WebSocketProtocol.STATE_CONNECTING
+    await server.handle_reply(protocol, {"type": "websocket.accept"})
+    assert handled == [{"type": "websocket.accept"}]
