@@ -80,9 +80,10 @@ const REFUSALS = {
   muted: gettext("You are muted in this room; the message was not sent."),
   banned: gettext("You are banned from this chat; the message was not sent."),
   not_allowed: gettext("Only its author or a moderator may delete a message."),
-  not_allowed_mute: gettext("Moderators and staff cannot be muted or banned from the chat."),
   not_found: gettext("That message is no longer there."),
 };
+// not_allowed, when what was refused is a mute.
+const MUTE_NOT_ALLOWED = gettext("Moderators and staff cannot be muted or banned from the chat.");
 const UNTIL = {
   muted: gettext("You are muted in this room until %(until)s; the message was not sent."),
   banned: gettext("You are banned from this chat until %(until)s; the message was not sent."),
@@ -749,7 +750,7 @@ function onFrame(data) {
     } else {
       // A refusal of no message: a deletion, a mute, a request, the cursor.
       const muting = data.code === "not_allowed" && lastRequest === "mute";
-      showError(muting ? REFUSALS.not_allowed_mute : refusalText(data));
+      showError(muting ? MUTE_NOT_ALLOWED : refusalText(data));
       if (data.code === "not_allowed" || data.code === "not_found") {
         for (const button of log.querySelectorAll("button.delete:disabled")) button.disabled = false;
       }
