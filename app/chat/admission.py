@@ -19,13 +19,10 @@ middleware; it wraps the whole websocket stack, before the session and the
 origin check, so a refusal costs no database call.
 """
 
-import logging
-
 from django.conf import settings
 
 from . import metrics
-
-logger = logging.getLogger(__name__)
+from .dispatch import refuse_handshake
 
 RETRY_AFTER_SECONDS = 2
 
@@ -69,12 +66,4 @@ class HandshakeLimiter:
 
     async def refuse(self, scope, receive, send):
         metrics.refused_for_overload.inc()
-        await receive()  # websocket.connect
-        if "websocket.http.response" in (scope.get("extensions") or {}):
-            await send({"type": "websocket.http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                    (b"retry-after", str(RETRY_AFTER_SECONDS).encode())]})
-            await send({"type": "websocket.http.response.body",
-                        "body": b"The chat is busy; try again in a few seconds.\n"})
-        else:
-            await send({"type": "websocket.close"})
+        await refuse_handshake(scope, receive, send, RETRY_AFTER_SECONDS, "The chat is busy; try again in a few seconds.")

@@ -158,23 +158,28 @@ class RelayDispatchMixin:
                 logger.warning("Clean-up of channel %s: the channel layer failed: %r", self.channel_name, error)
 
     async def refuse_for_channel_layer(self, error, receive, send):
-        """Refuses the handshake of a consumer that could not get a channel: HTTP 503 where the server can say so.
-
-        uvicorn supports the ASGI websocket denial response (the
-        "websocket.http.response" extension), and so does chat-daphne
-        (chat.server); plain daphne 4.2 does not, and there the handshake is
-        closed instead, which daphne answers with 403.
-        """
+        """Refuses the handshake of a consumer that could not get a channel: HTTP 503 where the server can say so."""
         metrics.refused_for_channel_layer.inc()
         logger.warning("Refused a websocket handshake for %s: the channel layer is unavailable (%s: %s)",
                        self.scope.get("path"), type(error).__name__, error)
         if self.scope["type"] != "websocket":
             return
-        await receive()  # websocket.connect
-        if "websocket.http.response" in (self.scope.get("extensions") or {}):
-            await send({"type": "websocket.http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"retry-after", b"5")]})
-            await send({"type": "websocket.http.response.body",
-                        "body": b"The chat cannot take connections right now; try again in a few seconds.\n"})
-        else:
-            await send({"type": "websocket.close"})
+        await refuse_handshake(self.scope, receive, send, 5,
+                               "The chat cannot take connections right now; try again in a few seconds.")
+
+
+async def refuse_handshake(scope, receive, send, retry_after, text):
+    """Refuses a websocket handshake with HTTP 503 and Retry-After where the server can say so.
+
+    The ASGI websocket denial response ("websocket.http.response"), which
+    uvicorn and chat-daphne (chat.server) support; plain daphne 4.2 does not,
+    and there the handshake is closed instead, which daphne answers with 403.
+    """
+    await receive()  # websocket.connect
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        await send({"type": "websocket.http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                (b"retry-after", str(retry_after).encode())]})
+        await send({"type": "websocket.http.response.body", "body": f"{text}\n".encode()})
+    else:
+        await send({"type": "websocket.close"})
