@@ -129,15 +129,18 @@ def may_enter(room, user):
     return Room.may_user_enter(room, user)
 
 
+def as_now(account):
+    """The account as it is now (made staff or given the permission since it connected); None stays None."""
+    return get_user_model().objects.get(pk=account.pk) if account is not None else None
+
+
 @database_sync_to_async
 def delete_message(room, message_id, account):
     """Deletes a message of the room for its author or a moderator; returns an error (text, code) or None."""
     message = Message.objects.filter(room=room, id=message_id, deleted=None).first()
     if message is None:
         return "There is no such message in this room.", protocol.NOT_FOUND
-    if account is not None:
-        # As the account is now: made staff or given the permission since it connected.
-        account = get_user_model().objects.get(pk=account.pk)
+    account = as_now(account)
     own = account is not None and message.author_id == account.pk
     if not own and not (account is not None and is_moderator(account)):
         return "Only its author or a moderator may delete a message.", protocol.NOT_ALLOWED
@@ -151,9 +154,7 @@ def restrict_user(room, request, name, account):
 
     Raises ProtocolError when the asker is no moderator, or the name a moderator's.
     """
-    if account is not None:
-        # As the account is now: made staff or given the permission since it connected.
-        account = get_user_model().objects.get(pk=account.pk)
+    account = as_now(account)
     if account is None or not is_moderator(account):
         raise protocol.ProtocolError("Only a moderator may mute or ban.", protocol.NOT_ALLOWED)
     found = NameKey.objects.filter(key=names.key(name)).select_related("user").first()
