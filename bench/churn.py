@@ -289,21 +289,17 @@ class _ChurnWorker(loadgen.PipeWorker):
                     client.cookie = await asyncio.get_running_loop().run_in_executor(
                         None, loadgen.guest_session, self.plan.room_url(client.room)
                     )
-                for attempt in range(loadgen.BUSY_RETRIES + 1):
-                    try:
-                        client.ws = await self._open(self.plan.room_url(client.room), client.cookie)
-                    except InvalidStatus as error:
-                        if error.response.status_code == 503 and attempt < loadgen.BUSY_RETRIES:
-                            # Busy (CHAT_HANDSHAKES_IN_FLIGHT): a client that means to stay
-                            # comes back after Retry-After, as the page does.
-                            await asyncio.sleep(loadgen.retry_after(error.response) * (0.5 + random.random()))
-                            continue
-                        self.connect_failed[f"HTTP {error.response.status_code}"] += 1
-                    except Exception as error:  # counted by kind; the client stays out
-                        self.connect_failed[type(error).__name__] += 1
-                    else:
-                        client.reader = self._spawn(self._steady_life(client))
-                    break
+                # A client that means to stay comes back when the server is busy.
+                try:
+                    client.ws = await loadgen.open_unless_refused(
+                        lambda: self._open(self.plan.room_url(client.room), client.cookie)
+                    )
+                except InvalidStatus as error:
+                    self.connect_failed[f"HTTP {error.response.status_code}"] += 1
+                except Exception as error:  # counted by kind; the client stays out
+                    self.connect_failed[type(error).__name__] += 1
+                else:
+                    client.reader = self._spawn(self._steady_life(client))
 
         await asyncio.gather(*(open_one(client) for client in self.steady))
 

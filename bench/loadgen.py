@@ -66,6 +66,24 @@ def retry_after(response, default=1.0, longest=5.0):
     except ValueError:
         return default
 
+
+async def open_unless_refused(open_once, on_busy=None):
+    """await open_once(), tried again after Retry-After while the server answers 503 (busy), as the page does.
+
+    The server sheds handshakes past CHAT_HANDSHAKES_IN_FLIGHT. At most
+    BUSY_RETRIES times; on_busy() is called for each. Any other refusal, and
+    the last 503, are raised.
+    """
+    for attempt in range(BUSY_RETRIES + 1):
+        try:
+            return await open_once()
+        except InvalidStatus as error:
+            if error.response.status_code != 503 or attempt == BUSY_RETRIES:
+                raise
+            if on_busy is not None:
+                on_busy()
+            await asyncio.sleep(retry_after(error.response) * (0.5 + random.random()))
+
 # Hard caps, so that a run stays bounded in size and time whatever it is asked.
 MAX_CLIENTS = 20_000
 MAX_ROOMS = 1_000
@@ -359,41 +377,41 @@ class _Worker(PipeWorker):
                 if client.sender is not None:
                     cookie = await asyncio.get_running_loop().run_in_executor(None, guest_session, client.url)
                     headers = {"Cookie": cookie} if cookie else {}
-                for attempt in range(BUSY_RETRIES + 1):
-                    started = time.perf_counter()
-                    try:
-                        client.ws = await connect(
-                            client.url,
-                            origin=self.plan.origin,
-                            additional_headers=headers,
-                            open_timeout=self.plan.open_timeout,
-                            # No keepalive pings of our own: a loaded server answering
-                            # late must not make the client hang up. The server's pings
-                            # are still answered.
-                            ping_interval=None,
-                            close_timeout=2,
-                            # No permessage-deflate: every server sends the same bytes.
-                            compression=None,
-                            proxy=None,
-                        )
-                    except InvalidStatus as error:
-                        status = error.response.status_code
-                        if status == 503 and attempt < BUSY_RETRIES:
-                            # The server sheds handshakes past CHAT_HANDSHAKES_IN_FLIGHT:
-                            # a client comes back after Retry-After, as the page does.
-                            self.busy_retries += 1
-                            await asyncio.sleep(retry_after(error.response) * (0.5 + random.random()))
-                            continue
-                        self.refused[status] += 1
-                    except Exception as error:  # any other failed handshake is counted, by kind
-                        self.failed[type(error).__name__] += 1
-                    else:
-                        self.handshake_us.append(int((time.perf_counter() - started) * 1e6))
-                        self.connected[client.room] += 1
-                        client.reader = asyncio.create_task(self._receive(client))
-                    finally:
-                        self.settled_ns = time.time_ns()
-                    break
+                started = None
+
+                async def open_once():
+                    nonlocal started
+                    started = time.perf_counter()  # the handshake that succeeds, not the waits before it
+                    return await connect(
+                        client.url,
+                        origin=self.plan.origin,
+                        additional_headers=headers,
+                        open_timeout=self.plan.open_timeout,
+                        # No keepalive pings of our own: a loaded server answering
+                        # late must not make the client hang up. The server's pings
+                        # are still answered.
+                        ping_interval=None,
+                        close_timeout=2,
+                        # No permessage-deflate: every server sends the same bytes.
+                        compression=None,
+                        proxy=None,
+                    )
+
+                def busy():
+                    self.busy_retries += 1
+
+                try:
+                    client.ws = await open_unless_refused(open_once, busy)
+                except InvalidStatus as error:
+                    self.refused[error.response.status_code] += 1
+                except Exception as error:  # any other failed handshake is counted, by kind
+                    self.failed[type(error).__name__] += 1
+                else:
+                    self.handshake_us.append(int((time.perf_counter() - started) * 1e6))
+                    self.connected[client.room] += 1
+                    client.reader = asyncio.create_task(self._receive(client))
+                finally:
+                    self.settled_ns = time.time_ns()
 
         await asyncio.gather(*(open_one(client) for client in self.clients))
 
