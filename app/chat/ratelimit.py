@@ -115,7 +115,8 @@ def redis_from_layer_settings():
         return None
     host = hosts[0]
     if "sentinels" in host:
-        password = host.get("password")
-        sentinel = Sentinel(host["sentinels"], sentinel_kwargs={"password": password} if password else {})
-        return sentinel.master_for(host["master_name"], password=password)
+        sentinel = Sentinel(host["sentinels"], sentinel_kwargs=host.get("sentinel_kwargs") or {})
+        return sentinel.master_for(
+            host["master_name"], password=host.get("password"), socket_connect_timeout=host.get("socket_connect_timeout")
+        )
     return aioredis.Redis.from_url(host["address"])
