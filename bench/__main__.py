@@ -306,6 +306,13 @@ def build_parser():
     times.add_argument(
         "--settle", type=float, default=5.0, help="after churn stops, before reading (default %(default)s)"
     )
+    times.add_argument(
+        "--redis-timeout",
+        type=float,
+        default=float(servers.REDIS_TIMEOUT),
+        help="the server's Redis closes clients idle this long (redis_timeout); the 'after' reading waits for it"
+        " (default %(default)s, 0: it does not)",
+    )
     soak.add_argument("--json", type=Path, help="also write the figures to this file as JSON")
     # A soak's server may be minutes behind when the senders stop: wait longer for the last deliveries.
     soak.set_defaults(drain=30.0)
@@ -408,6 +415,7 @@ def _churn(options):
             duration=options.duration,
             sample_interval=min(options.sample_interval, options.duration),
             settle=options.settle,
+            redis_timeout=options.redis_timeout,
             drain=options.drain,
             workers=min(options.workers, options.steady),
             connect_concurrency=options.connect_concurrency,

@@ -15,8 +15,11 @@ and open files. Phases:
 4. the soak: churn for --duration s, sampled. It stops; --settle s later,
    "after soak": the same clients connected as at "warm", so the two compare.
 5. the senders stop; the steady clients get the last messages (--drain s at
-   most) and close; once Redis is back to its "before" channels (or --settle
-   s have passed), "after".
+   most) and close; once Redis is back to its "before" channels and clients
+   (or --settle + --redis-timeout s have passed), "after". The connections a
+   burst added to the server processes' Redis pools stay open until they
+   have been idle for Redis's timeout (the redis role's redis_timeout, 300 s
+   by default); --redis-timeout tells the soak how long that is.
 
 A churning client joins one of the rooms at random, reads what it is sent
 for a random time (0 to 2 x --hold s), and leaves: with a close handshake,
@@ -86,6 +89,7 @@ class ChurnPlan:
     duration: float = 300.0
     sample_interval: float = 10.0
     settle: float = 5.0
+    redis_timeout: float = 300.0
     drain: float = 5.0
     workers: int = 1
     connect_concurrency: int = 1000
@@ -133,6 +137,7 @@ def check(plan):
         ),
         (0 < plan.sample_interval <= plan.duration, "the sample interval must be more than 0 and at most the duration"),
         (0 <= plan.settle <= MAX_SETTLE, f"settle must be 0..{MAX_SETTLE:g} s"),
+        (0 <= plan.redis_timeout <= MAX_SOAK, f"the Redis timeout must be 0..{MAX_SOAK:g} s"),
         (0 <= plan.drain <= loadgen.MAX_DRAIN, f"drain must be 0..{loadgen.MAX_DRAIN:g} s"),
         (
             1 <= plan.workers <= min(loadgen.MAX_WORKERS, plan.steady),
@@ -728,8 +733,15 @@ def _drain(plan, workers):
 
 
 def _after(plan, probe, before):
-    """After everything closed: read until Redis is back to its channels before the run, plan.settle s at most."""
-    end = time.monotonic() + plan.settle
+    """After everything closed: read until Redis is back to its channels and clients before the run.
+
+    plan.settle s at most, plus Redis's timeout when it has one: the server processes' pools keep the
+    connections a burst opened until Redis closes them as idle.
+    """
+    wait = plan.settle + (plan.redis_timeout + 5 if plan.redis_timeout else 0)
+    end = time.monotonic() + wait
+    if plan.redis_timeout:
+        _say(f"waiting until Redis is back to its clients before the run ({wait:.0f} s at most)")
     while True:
         reading = probe.read("after")
         redis, base = reading.get("redis") or {}, before.get("redis") or {}
@@ -828,6 +840,7 @@ def summarize(plan, connects, results, readings, samples, phases, processes, red
             "duration_s": plan.duration,
             "sample_interval_s": plan.sample_interval,
             "settle_s": plan.settle,
+            "redis_timeout_s": plan.redis_timeout,
             "workers": plan.workers,
         },
         "sources": {

@@ -32,6 +32,7 @@ APP = REPO / "app"
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 60  # s for a server to answer after it was started
 STOP_TIMEOUT = 10  # s between SIGTERM and SIGKILL
+REDIS_TIMEOUT = 300  # s a client may stay idle: the redis role's redis_timeout
 
 # Rate limit for the local chat servers: far above what a benchmark sender
 # sends (4/s by default), so no message is refused for it.
@@ -136,10 +137,13 @@ def http_status(url, timeout=2):
 
 @contextmanager
 def redis_server(workdir):
-    """A private redis-server on a free port, nothing saved to disk; yields its redis:// URL."""
+    """A private redis-server on a free port, nothing saved to disk; yields its redis:// URL.
+
+    Idle clients are closed after REDIS_TIMEOUT s, as the deployed Redis does (the redis role's redis_timeout).
+    """
     port = free_port()
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    argv += ["--dir", str(workdir), "--maxclients", "20000"]
+    argv += ["--dir", str(workdir), "--maxclients", "20000", "--timeout", str(REDIS_TIMEOUT)]
     with _started(
         "redis", argv, f"redis://127.0.0.1:{port}/0", lambda: _answers_tcp(port, b"PING\r\n", b"+PONG"), workdir
     ) as server:

@@ -20,6 +20,11 @@ Three more things channels-redis does not do:
   {"type": "chat.resync"} message: whatever was published while the
   connection was down is lost to pub/sub, so each consumer catches up from
   the database.
+- A publish whose pooled connection Redis closed while it sat idle (the
+  deployed Redis closes clients idle for redis_timeout seconds, so that a
+  burst's connections do not stay for ever) is sent again once on a new
+  connection, instead of failing the broadcast: redis-py's async pool only
+  finds out that such a connection is gone when a command fails on it.
 - A bound on what waits for a consumer. A consumer that cannot send (uvicorn
   makes a send wait while the client does not read) lets its channel's
   messages pile up without limit. Past CHAT_SEND_BUFFER_LIMIT bytes the
@@ -133,6 +138,14 @@ class _ResubscribingPubSub(PubSub):
 
 
 class _Shard(RedisSingleShardConnection):
+    async def publish(self, channel, message):
+        try:
+            await super().publish(channel, message)
+        except RedisConnectionError:
+            # The connection failed before Redis answered; redis-py has dropped it. Once more on a
+            # new one: if Redis is down this fails too, and the caller hears it as before.
+            await super().publish(channel, message)
+
     def _ensure_redis(self):
         if self._redis is None:
             super()._ensure_redis()

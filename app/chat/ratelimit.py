@@ -108,15 +108,23 @@ def redis_from_layer_settings():
     """A client of the channel layer's first Redis server (or Sentinel master); None for the in-memory layer."""
     from django.conf import settings
     from redis import asyncio as aioredis
+    from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
+    from redis.backoff import NoBackoff
 
     hosts = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts") or []
     if not hosts:
         return None
     host = hosts[0]
+    # A command whose pooled connection Redis closed while it sat idle (redis.conf's timeout) is sent once
+    # more on a new connection: redis-py's async pool only finds out when a command fails on it.
+    retry = Retry(NoBackoff(), 1)
     if "sentinels" in host:
         sentinel = Sentinel(host["sentinels"], sentinel_kwargs=host.get("sentinel_kwargs") or {})
         return sentinel.master_for(
-            host["master_name"], password=host.get("password"), socket_connect_timeout=host.get("socket_connect_timeout")
+            host["master_name"],
+            password=host.get("password"),
+            socket_connect_timeout=host.get("socket_connect_timeout"),
+            retry=retry,
         )
-    return aioredis.Redis.from_url(host["address"])
+    return aioredis.Redis.from_url(host["address"], retry=retry)

@@ -37,6 +37,8 @@ import collections
 import http
 import ipaddress
 import logging
+import ctypes
+import ctypes.util
 import os
 import pprint
 import sys
@@ -58,10 +60,41 @@ logger = logging.getLogger(__name__)
 # of (ChatServer.reap_orphans).
 ORPHAN_CHECK_SECONDS = 10
 
+# How often chat-daphne gives the C heap's free memory back to the system
+# (release_free_memory).
+TRIM_SECONDS = 60
+
 # Seconds a websocket closed for its unsent data has to read the close frame
 # before it is dropped (autobahn's close handshake timeout, 1 s by default, is
 # for clients that read).
 CLOSE_TIMEOUT = 5
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory():
+    """Returns the C heap's free pages to the system; True when it could.
+
+    A burst of connections (the churn soak's, a reconnect storm) leaves the
+    process's heap as large as the burst needed: Python frees the objects,
+    glibc keeps the pages, and RSS stays at the high-water mark, which looks
+    like a leak and is memory the host cannot use. glibc only gives back
+    the top of the heap by itself; malloc_trim(0) also releases the free
+    pages in the middle. Python has no call for it, hence ctypes.
+    """
+    if MALLOC_TRIM is None:
+        return False
+    MALLOC_TRIM(0)
+    return True
 
 
 class LazyPformat:
@@ -149,6 +182,7 @@ class ChatServer(Server):
         from twisted.internet import reactor  # daphne.server installed the asyncio reactor
 
         reactor.callLater(ORPHAN_CHECK_SECONDS, self.orphan_checker)
+        reactor.callLater(TRIM_SECONDS, self.memory_trimmer)
         globalLogPublisher.addObserver(TwistedErrors())
         super().run()
 
@@ -179,6 +213,14 @@ class ChatServer(Server):
             logger.exception("Looking for orphaned websocket applications failed")
         finally:
             reactor.callLater(ORPHAN_CHECK_SECONDS, self.orphan_checker)
+
+    def memory_trimmer(self):
+        from twisted.internet import reactor
+
+        try:
+            release_free_memory()
+        finally:
+            reactor.callLater(TRIM_SECONDS, self.memory_trimmer)
 
     def reap_orphans(self, now=None):
         """Ends the websocket applications whose connection is gone without daphne having told them; returns how many it found."""

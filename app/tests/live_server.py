@@ -99,8 +99,11 @@ class LiveServer:
         self.stop()
 
 
-def private_redis(directory):
-    """A redis-server of the test's own on a free port, which the test may stop and start: (port, start, stop)."""
+def private_redis(directory, *options):
+    """A redis-server of the test's own on a free port, which the test may stop and start: (port, start, stop).
+
+    options are more of redis-server's command-line settings, e.g. "--timeout", "1".
+    """
     server = shutil.which("redis-server")
     assert server, "redis-server is not installed (apt-get install redis-server)"
     port = free_port()
@@ -109,7 +112,7 @@ def private_redis(directory):
     def start():
         state["process"] = subprocess.Popen(
             [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(directory)],
+             "--dir", str(directory), *options],
             stdout=subprocess.DEVNULL,
         )
         from .conftest import wait_for_redis

@@ -109,7 +109,8 @@ def test_the_churn_soak_reads_the_deployed_server_and_checks_every_message(chat_
     done = subprocess.run(
         [sys.executable, "-m", "bench", "churn", chat_url + "/", "--container", container,
          "--steady", "4", "--rooms", "2", "--rate", "2", "--churn-rate", "10", "--hold", "0.3",
-         "--warmup", "1", "--duration", "3", "--sample-interval", "1", "--settle", "1", "--drain", "10",
+         "--warmup", "1", "--duration", "3", "--sample-interval", "1", "--settle", "1", "--redis-timeout", "0",
+         "--drain", "10",
          "--json", str(out)],
         cwd=REPO,
         check=True,
