@@ -115,16 +115,12 @@ def redis_from_layer_settings():
     hosts = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts") or []
     if not hosts:
         return None
-    host = hosts[0]
+    # The host's other options (password, timeouts, TLS) are the connection's, as for the layer.
+    host = {key: value for key, value in hosts[0].items() if key != "max_connections"}
     # A command whose pooled connection Redis closed while it sat idle (redis.conf's timeout) is sent once
     # more on a new connection: redis-py's async pool only finds out when a command fails on it.
     retry = Retry(NoBackoff(), 1)
     if "sentinels" in host:
-        sentinel = Sentinel(host["sentinels"], sentinel_kwargs=host.get("sentinel_kwargs") or {})
-        return sentinel.master_for(
-            host["master_name"],
-            password=host.get("password"),
-            socket_connect_timeout=host.get("socket_connect_timeout"),
-            retry=retry,
-        )
-    return aioredis.Redis.from_url(host["address"], retry=retry)
+        sentinel = Sentinel(host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None) or {})
+        return sentinel.master_for(host.pop("master_name"), retry=retry, **host)
+    return aioredis.Redis.from_url(host.pop("address"), retry=retry, **host)

@@ -10,7 +10,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -106,14 +106,26 @@ def database_from_url(url):
         "PASSWORD": unquote(parts.password or ""),
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or ""),
+        # The URL's query is libpq's: ?sslmode=verify-full&sslrootcert=/path/ca.crt
+        # makes the connection TLS, verified against that CA and the host's name.
+        "OPTIONS": dict(parse_qsl(parts.query)),
         # Keep connections between requests; the health check notices dead ones.
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": True,
     }
 
 
-def sentinel_host(sentinels, master, password):
-    """A channels-redis host entry that finds the master through Redis Sentinel."""
+def redis_tls_options(ca_file):
+    """redis-py's options for TLS verified against the CA in ca_file (and the server's name or address)."""
+    return {"ssl_ca_certs": ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+
+
+def sentinel_host(sentinels, master, password, tls_ca_file=""):
+    """A channels-redis host entry that finds the master through Redis Sentinel.
+
+    With tls_ca_file, the Sentinels and the master are reached over TLS,
+    each verified against that CA.
+    """
     addresses = []
     for sentinel in sentinels:
         host, _, port = sentinel.rpartition(":")
@@ -131,14 +143,19 @@ def sentinel_host(sentinels, master, password):
         # The same password for the master and for the Sentinels (as the redis role deploys them).
         host["password"] = password
         host["sentinel_kwargs"]["password"] = password
+    if tls_ca_file:
+        host.update(ssl=True, **redis_tls_options(tls_ca_file))
+        host["sentinel_kwargs"].update(ssl=True, **redis_tls_options(tls_ca_file))
     return host
 
 
-def channel_layer_from_env(redis_urls, layer, sentinel=None):
+def channel_layer_from_env(redis_urls, layer, sentinel=None, tls_ca_file=""):
     """The channel layer: Redis when REDIS_URL (or Sentinel) is set, in-memory otherwise.
 
     REDIS_URL may list several servers, comma-separated, to shard the layer;
     `sentinel` is a host entry from sentinel_host() instead, for failover.
+    With tls_ca_file (REDIS_TLS_CA_FILE), every URL must be rediss:// and the
+    servers' certificates are verified against that CA.
     """
     if layer not in {"pubsub", "core"}:
         raise ImproperlyConfigured(f"CHAT_CHANNEL_LAYER must be pubsub or core, not {layer!r}.")
@@ -148,7 +165,12 @@ def channel_layer_from_env(redis_urls, layer, sentinel=None):
         for url in redis_urls:
             if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
                 raise ImproperlyConfigured(f"REDIS_URL must be redis://[:password@]host:port/db, not {url!r}.")
-        hosts = [{"address": url} for url in redis_urls]
+            if tls_ca_file and urlsplit(url).scheme != "rediss":
+                raise ImproperlyConfigured(
+                    f"REDIS_TLS_CA_FILE is set, so REDIS_URL must be rediss:// (TLS), not {urlsplit(url).scheme}://."
+                )
+        tls = redis_tls_options(tls_ca_file) if tls_ca_file else {}
+        hosts = [{"address": url, **tls} for url in redis_urls]
     else:
         # A single process only: fine for runserver and the tests, never for
         # more than one daphne process. ChatConfig.ready() logs it.
@@ -269,10 +291,14 @@ CHANNEL_LAYERS = {
         env_list("REDIS_URL"),
         os.environ.get("CHAT_CHANNEL_LAYER", "pubsub"),
         sentinel=sentinel_host(
-            env_list("REDIS_SENTINELS"), os.environ.get("REDIS_SENTINEL_MASTER", ""), os.environ.get("REDIS_PASSWORD", "")
+            env_list("REDIS_SENTINELS"),
+            os.environ.get("REDIS_SENTINEL_MASTER", ""),
+            os.environ.get("REDIS_PASSWORD", ""),
+            tls_ca_file=os.environ.get("REDIS_TLS_CA_FILE", ""),
         )
         if os.environ.get("REDIS_SENTINELS")
         else None,
+        tls_ca_file=os.environ.get("REDIS_TLS_CA_FILE", ""),
     ),
 }
 

@@ -153,6 +153,14 @@ def test_database_url_for_postgresql():
     assert (database["HOST"], database["PORT"]) == ("db.internal", "5433")
 
 
+def test_database_url_query_is_given_to_libpq():
+    database = database_from_url(
+        "postgresql://chat:pw@10.0.0.5:5432/chat?sslmode=verify-full&sslrootcert=/etc/ssl/chat/ca.crt"
+    )
+    assert database["NAME"] == "chat"
+    assert database["OPTIONS"] == {"sslmode": "verify-full", "sslrootcert": "/etc/ssl/chat/ca.crt"}
+
+
 def test_database_url_without_a_name_is_refused():
     with pytest.raises(ImproperlyConfigured, match="names no database"):
         database_from_url("postgresql://chat@db.internal/")
