@@ -120,7 +120,11 @@ def redis_from_layer_settings():
     # more on a new connection: redis-py's async pool only finds out when a command fails on it.
     retry = Retry(NoBackoff(), 1)
     if "sentinels" in host:
-        password = host.get("password")
-        sentinel = Sentinel(host["sentinels"], sentinel_kwargs={"password": password} if password else {})
-        return sentinel.master_for(host["master_name"], password=password, retry=retry)
+        sentinel = Sentinel(host["sentinels"], sentinel_kwargs=host.get("sentinel_kwargs") or {})
+        return sentinel.master_for(
+            host["master_name"],
+            password=host.get("password"),
+            socket_connect_timeout=host.get("socket_connect_timeout"),
+            retry=retry,
+        )
     return aioredis.Redis.from_url(host["address"], retry=retry)

@@ -122,9 +122,15 @@ def sentinel_host(sentinels, master, password):
         addresses.append((host, int(port)))
     if not master:
         raise ImproperlyConfigured("REDIS_SENTINEL_MASTER must name the master the sentinels watch.")
-    host = {"sentinels": addresses, "master_name": master}
+    # A Sentinel or a master on a host that is down answers nothing: a short
+    # connect timeout moves on to the next Sentinel (or retries) within a
+    # second instead of the system's minutes, which would stretch a failover.
+    host = {"sentinels": addresses, "master_name": master, "socket_connect_timeout": 1,
+            "sentinel_kwargs": {"socket_connect_timeout": 1, "socket_timeout": 1}}
     if password:
+        # The same password for the master and for the Sentinels (as the redis role deploys them).
         host["password"] = password
+        host["sentinel_kwargs"]["password"] = password
     return host
 
 

@@ -130,7 +130,13 @@ def test_channel_layer_through_redis_sentinel():
     sentinel = sentinel_host(["10.0.0.5:26379", "10.0.0.6:26379"], "chat", "s3cret")
     layer = channel_layer_from_env([], "pubsub", sentinel=sentinel)
     assert layer["CONFIG"]["hosts"] == [
-        {"sentinels": [("10.0.0.5", 26379), ("10.0.0.6", 26379)], "master_name": "chat", "password": "s3cret"}
+        {
+            "sentinels": [("10.0.0.5", 26379), ("10.0.0.6", 26379)],
+            "master_name": "chat",
+            "password": "s3cret",
+            "socket_connect_timeout": 1,
+            "sentinel_kwargs": {"socket_connect_timeout": 1, "socket_timeout": 1, "password": "s3cret"},
+        }
     ]
 
 

@@ -1,0 +1,121 @@
+"""The chat's pub/sub layer (chat.layers) through Redis Sentinel, when the master dies.
+
+A master, a replica and three Sentinels of the test's own, every one of them behind the same password (as
+the redis role deploys them), and the layer configured as the settings build it from REDIS_SENTINELS,
+REDIS_SENTINEL_MASTER and REDIS_PASSWORD. When the master is killed, Sentinel promotes the replica; the
+layer's pub/sub connection asks Sentinel again on its reconnect, so it subscribes on the new master, tells
+every local channel to resync, and live messages flow again.
+"""
+
+import asyncio
+import shutil
+import subprocess
+import time
+
+import pytest
+import redis
+from chatsite.settings import channel_layer_from_env, sentinel_host
+
+from chat.layers import LeanRedisPubSubChannelLayer
+
+from .conftest import free_port
+
+PASSWORD = "failover-test-password-0123456789"
+MASTER = "chat"
+
+
+def start(arguments, directory):
+    server = shutil.which("redis-server")
+    assert server, "redis-server is not installed (apt-get install redis-server)"
+    return subprocess.Popen([server, *arguments, "--dir", str(directory)], stdout=subprocess.DEVNULL)
+
+
+def wait_until(check, seconds=20):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {seconds} s: {check}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def sentinel_site(tmp_path):
+    """(sentinel addresses, master port, replica port, processes by name)."""
+    ports = {name: free_port() for name in ("master", "replica", "s1", "s2", "s3")}
+    processes = {}
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", PASSWORD,
+              "--masterauth", PASSWORD]
+    try:
+        processes["master"] = start(["--port", str(ports["master"]), *common], tmp_path)
+        processes["replica"] = start(
+            ["--port", str(ports["replica"]), *common, "--replicaof", "127.0.0.1", str(ports["master"])], tmp_path
+        )
+        for name in ("master", "replica"):
+            client = redis.Redis(port=ports[name], password=PASSWORD)
+            wait_until(client.ping)
+        replica = redis.Redis(port=ports["replica"], password=PASSWORD)
+        wait_until(lambda: replica.info("replication")["master_link_status"] == "up")
+        for name in ("s1", "s2", "s3"):
+            # Sentinel rewrites its file: each gets one of its own.
+            config = tmp_path / f"{name}.conf"
+            config.write_text(
+                f"port {ports[name]}\nbind 127.0.0.1\nrequirepass {PASSWORD}\n"
+                f"sentinel sentinel-pass {PASSWORD}\n"
+                f"sentinel monitor {MASTER} 127.0.0.1 {ports['master']} 2\n"
+                f"sentinel auth-pass {MASTER} {PASSWORD}\n"
+                f"sentinel down-after-milliseconds {MASTER} 1000\n"
+                f"sentinel failover-timeout {MASTER} 5000\n"
+            )
+            processes[name] = start([str(config), "--sentinel"], tmp_path)
+        for name in ("s1", "s2", "s3"):
+            sentinel = redis.Redis(port=ports[name], password=PASSWORD)
+            # Each Sentinel knows the replica and the two other Sentinels before the drill.
+            wait_until(lambda s=sentinel: s.sentinel_master(MASTER)["num-other-sentinels"] == 2
+                       and s.sentinel_master(MASTER)["num-slaves"] == 1, seconds=30)
+        yield [f"127.0.0.1:{ports[name]}" for name in ("s1", "s2", "s3")], ports["master"], ports["replica"], processes
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait(timeout=10)
+
+
+async def receive(layer, channel, seconds=30):
+    return await asyncio.wait_for(layer.receive(channel), seconds)
+
+
+async def test_after_a_failover_the_layer_resubscribes_on_the_new_master(sentinel_site):
+    sentinels, master_port, replica_port, processes = sentinel_site
+    settings = channel_layer_from_env([], "pubsub", sentinel=sentinel_host(sentinels, MASTER, PASSWORD))
+    layer = LeanRedisPubSubChannelLayer(**settings["CONFIG"])
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        await layer.group_send("room", {"type": "chat.message", "text": "before"})
+        assert (await receive(layer, channel))["text"] == "before"
+
+        processes["master"].kill()
+        killed = time.monotonic()
+        # Once subscribed on the promoted replica, the layer tells the channel to catch up from the database.
+        assert await receive(layer, channel) == {"type": "chat.resync"}
+        assert redis.Redis(port=replica_port, password=PASSWORD).info("replication")["role"] == "master"
+        subscribers = redis.Redis(port=replica_port, password=PASSWORD).pubsub_numsub(
+            layer._get_layer()._get_group_channel_name("room")
+        )
+        assert subscribers[0][1] == 1
+
+        # And live messages flow again, published through the new master.
+        while True:
+            try:
+                await layer.group_send("room", {"type": "chat.message", "text": "after"})
+                break
+            except (redis.ConnectionError, redis.ReadOnlyError):
+                assert time.monotonic() - killed < 30
+                await asyncio.sleep(0.2)
+        assert (await receive(layer, channel))["text"] == "after"
+    finally:
+        await layer.flush()
