@@ -9,6 +9,7 @@ every local channel to resync, and live messages flow again.
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import time
 
@@ -118,4 +119,40 @@ async def test_after_a_failover_the_layer_resubscribes_on_the_new_master(sentine
                 await asyncio.sleep(0.2)
         assert (await receive(layer, channel))["text"] == "after"
     finally:
+        await layer.flush()
+
+
+async def test_a_master_that_falls_silent_is_left_for_the_new_one(sentinel_site):
+    """The master's host is gone without closing its connections (a stopped container, a power cut).
+
+    Stopped with SIGSTOP, the master keeps every connection open and answers nothing, as a host that
+    vanished does until TCP gives up (minutes). Sentinel promotes the replica; the layer's reader must
+    notice that its Redis went silent, reconnect through Sentinel and resubscribe, well before TCP would.
+    """
+    sentinels, master_port, replica_port, processes = sentinel_site
+    settings = channel_layer_from_env([], "pubsub", sentinel=sentinel_host(sentinels, MASTER, PASSWORD))
+    layer = LeanRedisPubSubChannelLayer(**settings["CONFIG"])
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        await layer.group_send("room", {"type": "chat.message", "text": "before"})
+        assert (await receive(layer, channel))["text"] == "before"
+
+        processes["master"].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        assert await receive(layer, channel) == {"type": "chat.resync"}
+        resubscribed = time.monotonic() - stopped
+        assert redis.Redis(port=replica_port, password=PASSWORD).info("replication")["role"] == "master"
+
+        while True:
+            try:
+                await layer.group_send("room", {"type": "chat.message", "text": "after"})
+                break
+            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
+                assert time.monotonic() - stopped < 30
+                await asyncio.sleep(0.2)
+        assert (await receive(layer, channel))["text"] == "after"
+        print(f"resubscribed on the new master {resubscribed:.1f} s after the old one fell silent")
+    finally:
+        processes["master"].send_signal(signal.SIGCONT)
         await layer.flush()
