@@ -166,6 +166,10 @@ class _ResubscribingPubSub(PubSub):
 
 
 class _Shard(RedisSingleShardConnection):
+    def __init__(self, host, channel_layer):
+        super().__init__(host, channel_layer)
+        self._sweeper = None
+
     async def publish(self, channel, message):
         try:
             await super().publish(channel, message)
@@ -197,7 +201,11 @@ class _Shard(RedisSingleShardConnection):
             try:
                 if asyncio.get_running_loop().time() >= next_sweep:
                     next_sweep += SWEEP_SECONDS
-                    await self.sweep()
+                    # In a task of its own: the sweep waits for the shard's lock, and the reader must go on
+                    # reading meanwhile (publishes queued behind a failing Redis hold the lock for seconds,
+                    # and a reader that waited with them would notice a lost connection only after them).
+                    if self._sweeper is None or self._sweeper.done():
+                        self._sweeper = asyncio.ensure_future(self.sweep())
                 if self._pubsub and self._pubsub.subscribed:
                     message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
                     if message is None:
@@ -225,9 +233,18 @@ class _Shard(RedisSingleShardConnection):
             await self._pubsub.connection.disconnect(nowait=True)
             raise RedisConnectionError(f"no answer to a health check for {silent:.1f} s")
 
+    async def flush(self):
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await super().flush()
+
     async def sweep(self):
-        for name in self._subscribed_to - self.wanted():
-            await self.unsubscribe(name)
+        try:
+            for name in self._subscribed_to - self.wanted():
+                await self.unsubscribe(name)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            pass  # Redis is failing: the reader says so, and the next sweep tries again
 
     def wanted(self):
         """The names this process still subscribes to: its channels and its groups."""

@@ -156,3 +156,33 @@ async def test_a_master_that_falls_silent_is_left_for_the_new_one(sentinel_site)
     finally:
         processes["master"].send_signal(signal.SIGCONT)
         await layer.flush()
+
+
+async def test_a_sentinel_that_answers_nothing_costs_one_connection(sentinel_site):
+    """A Sentinel on a host that is down is tried once per lookup, then the next one is asked.
+
+    redis-py's clients retry a failed connection ten times by default; for a Sentinel that is gone, each
+    attempt waits out the connect or read timeout (about fifteen seconds in all, while every publish waits
+    behind the lookup), when the next Sentinel in the list would answer at once.
+    """
+    sentinels, master_port, replica_port, processes = sentinel_site
+    accepted = []
+
+    async def mute(reader, writer):  # accepts, reads, never answers: a host that hangs
+        accepted.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    silent = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    settings = channel_layer_from_env([], "pubsub", sentinel=sentinel_host([silent, *sentinels], MASTER, PASSWORD))
+    layer = LeanRedisPubSubChannelLayer(**settings["CONFIG"])
+    try:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "chat.message", "text": "found"})
+        assert (await receive(layer, channel))["text"] == "found"
+        assert len(accepted) == 1
+    finally:
+        await layer.flush()
+        for writer in accepted:
+            writer.close()
+        server.close()
