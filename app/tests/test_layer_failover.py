@@ -9,6 +9,7 @@ every local channel to resync, and live messages flow again.
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import time
 
@@ -119,3 +120,69 @@ async def test_after_a_failover_the_layer_resubscribes_on_the_new_master(sentine
         assert (await receive(layer, channel))["text"] == "after"
     finally:
         await layer.flush()
+
+
+async def test_a_master_that_falls_silent_is_left_for_the_new_one(sentinel_site):
+    """The master's host is gone without closing its connections (a stopped container, a power cut).
+
+    Stopped with SIGSTOP, the master keeps every connection open and answers nothing, as a host that
+    vanished does until TCP gives up (minutes). Sentinel promotes the replica; the layer's reader must
+    notice that its Redis went silent, reconnect through Sentinel and resubscribe, well before TCP would.
+    """
+    sentinels, master_port, replica_port, processes = sentinel_site
+    settings = channel_layer_from_env([], "pubsub", sentinel=sentinel_host(sentinels, MASTER, PASSWORD))
+    layer = LeanRedisPubSubChannelLayer(**settings["CONFIG"])
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        await layer.group_send("room", {"type": "chat.message", "text": "before"})
+        assert (await receive(layer, channel))["text"] == "before"
+
+        processes["master"].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        assert await receive(layer, channel) == {"type": "chat.resync"}
+        resubscribed = time.monotonic() - stopped
+        assert redis.Redis(port=replica_port, password=PASSWORD).info("replication")["role"] == "master"
+
+        while True:
+            try:
+                await layer.group_send("room", {"type": "chat.message", "text": "after"})
+                break
+            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError):
+                assert time.monotonic() - stopped < 30
+                await asyncio.sleep(0.2)
+        assert (await receive(layer, channel))["text"] == "after"
+        print(f"resubscribed on the new master {resubscribed:.1f} s after the old one fell silent")
+    finally:
+        processes["master"].send_signal(signal.SIGCONT)
+        await layer.flush()
+
+
+async def test_a_sentinel_that_answers_nothing_costs_one_connection(sentinel_site):
+    """A Sentinel on a host that is down is tried once per lookup, then the next one is asked.
+
+    redis-py's clients retry a failed connection ten times by default; for a Sentinel that is gone, each
+    attempt waits out the connect or read timeout (about fifteen seconds in all, while every publish waits
+    behind the lookup), when the next Sentinel in the list would answer at once.
+    """
+    sentinels, master_port, replica_port, processes = sentinel_site
+    accepted = []
+
+    async def mute(reader, writer):  # accepts, reads, never answers: a host that hangs
+        accepted.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    silent = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    settings = channel_layer_from_env([], "pubsub", sentinel=sentinel_host([silent, *sentinels], MASTER, PASSWORD))
+    layer = LeanRedisPubSubChannelLayer(**settings["CONFIG"])
+    try:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "chat.message", "text": "found"})
+        assert (await receive(layer, channel))["text"] == "found"
+        assert len(accepted) == 1
+    finally:
+        await layer.flush()
+        for writer in accepted:
+            writer.close()
+        server.close()
