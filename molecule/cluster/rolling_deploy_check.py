@@ -209,6 +209,7 @@ async def main_async(args):
 
     await asyncio.sleep(args.settle)
     sending.clear()
+    sending_ended = time.monotonic()
     finished.set()
     try:
         await asyncio.wait_for(asyncio.gather(*tasks), max(5, args.max_seconds - (time.monotonic() - started)))
@@ -237,7 +238,11 @@ async def main_async(args):
     if reconnects == 0 and args.outage is None:
         problems.append("no client was ever disconnected: the deploy restarted nothing under them")
     if args.outage is not None:
-        live = sorted(moment for client in clients for moment in client.live)
+        # Up to the end of sending: live delivery that never came back before the clients stopped is an
+        # outage that long, not none. (Clients send in step, once a second: up to a second of it is the
+        # ordinary pause between rounds.)
+        live = sorted([moment for client in clients for moment in client.live if moment < sending_ended])
+        live.append(sending_ended)
         gap, since = max((later - earlier, earlier - started) for earlier, later in zip(live, live[1:]))
         print(f"outage: no message was delivered live for {gap:.1f} s, from {since:.1f} s into the run "
               f"(the command ran from {command_started - started:.1f} s to {command_ended - started:.1f} s)")
