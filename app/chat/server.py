@@ -186,6 +186,20 @@ class ChatServer(Server):
         globalLogPublisher.addObserver(TwistedErrors())
         super().run()
 
+    def kill_all_applications(self):
+        # daphne's reads every connection's application; a connection still in
+        # its handshake has none yet, and the KeyError ended the clean-up at
+        # shutdown (a restart under load logged it). Those are left out while
+        # daphne's runs: they have nothing to cancel.
+        handshaking = {protocol: details for protocol, details in self.connections.items()
+                       if "application_instance" not in details}
+        for protocol in handshaking:
+            del self.connections[protocol]
+        try:
+            return super().kill_all_applications()
+        finally:
+            self.connections.update(handshaking)
+
     # --- Websocket applications whose connection daphne lost track of ---
     #
     # daphne tells an application its websocket is gone (websocket.disconnect)
