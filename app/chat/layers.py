@@ -6,7 +6,7 @@ idle connection. The layer only ever puts into that queue without waiting
 and has one reader, so a Mailbox (chat.mailbox), which allocates nothing
 until a message has to wait, does the same job.
 
-Three more things channels-redis does not do:
+What else this layer does that channels-redis does not:
 
 - delete_channel(), the antithesis of new_channel(): drops the channel's
   mailbox, its Redis subscription and its group memberships, whatever state
