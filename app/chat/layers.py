@@ -242,7 +242,15 @@ class _Shard(RedisSingleShardConnection):
     async def sweep(self):
         try:
             for name in self._subscribed_to - self.wanted():
-                await self.unsubscribe(name)
+                # channels-redis's unsubscribe(), but asking again under the lock whether the name is still
+                # unwanted: a consumer may have joined the group (or taken the name) while the sweep waited,
+                # and finding it subscribed already, not subscribed it again.
+                async with self._lock:
+                    if name in self._subscribed_to and name not in self.wanted():
+                        self._ensure_redis()
+                        self._ensure_receiver()
+                        await self._pubsub.unsubscribe(name)
+                        self._subscribed_to.discard(name)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             pass  # Redis is failing: the reader says so, and the next sweep tries again
 
