@@ -47,8 +47,7 @@ import logging
 from urllib.parse import urlsplit
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
-from channels_redis.utils import _wrap_close, create_pool
-from redis import asyncio as aioredis
+from channels_redis.utils import _wrap_close
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -180,11 +179,8 @@ class _Shard(RedisSingleShardConnection):
 
     def _ensure_redis(self):
         if self._redis is None:
-            # Every connection PINGs before it is used after HEALTH_SECONDS without a reply from Redis; the
-            # reader's pings tell a silent Redis from a quiet one.
-            pool = create_pool({**self.host, "health_check_interval": HEALTH_SECONDS})
-            self._redis = aioredis.Redis(connection_pool=pool)
-            self._pubsub = _ResubscribingPubSub(pool, shard=self)
+            super()._ensure_redis()
+            self._pubsub = _ResubscribingPubSub(self._redis.connection_pool, shard=self)
 
     async def _do_receiving(self):
         """channels-redis's reader loop, which logs an outage once instead of a traceback every second.
@@ -280,7 +276,10 @@ class _Shard(RedisSingleShardConnection):
 class _LoopLayer(RedisPubSubLoopLayer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._shards = [_Shard(shard.host, self) for shard in self._shards]
+        # Every connection PINGs before it is used after HEALTH_SECONDS without a reply from Redis; the
+        # reader's pings tell a silent Redis from a quiet one.
+        self._shards = [_Shard({**shard.host, "health_check_interval": HEALTH_SECONDS}, self)
+                        for shard in self._shards]
         self._memberships = {}  # channel -> the group channels it is in (a tuple: most are in one)
         self.mailbox_limit = send_buffer_limit()
 

@@ -70,32 +70,28 @@ class SharedRateLimiter:
         self.local = {}
         self.local_keys = local_keys
         self.clock = clock
-        self.paused_until = None
-        self.failing = False
+        self.paused_until = None  # while Redis fails: when to ask it again
 
     async def take(self, key, rate, burst):
         """True when the client under `key` may send one more message now; None when Redis could not say."""
         if self.script is None:
             return self.take_locally(key, rate, burst)
-        if self.paused_until is not None:
-            if self.clock() < self.paused_until:
-                return None
-            self.paused_until = None
+        if self.paused_until is not None and self.clock() < self.paused_until:
+            return None
         try:
             # The limits are part of the key: a budget counted under other limits
             # (a site that changed them, another test's server) is not this one.
             bucket = f"{KEY_PREFIX}{rate:g}:{burst}:{key}"
             allowed = bool(await self.script(keys=[bucket], args=[1.0 / rate, burst]))
         except Exception as error:  # Redis down or refusing: the per-connection bucket decides
-            if not self.failing:
+            if self.paused_until is None:
                 logger.warning("Shared rate limit unavailable (%s); counting per connection meanwhile, "
                                "and trying Redis again every %g s", error, PAUSE_SECONDS)
-            self.failing = True
             self.paused_until = self.clock() + PAUSE_SECONDS
             return None
-        if self.failing:
+        if self.paused_until is not None:
             logger.warning("Shared rate limit available again")
-            self.failing = False
+            self.paused_until = None
         return allowed
 
     def take_locally(self, key, rate, burst):
