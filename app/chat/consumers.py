@@ -381,10 +381,12 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             return
         if incoming.client_id is not None:
             await self.send(text_data=protocol.ack(incoming.client_id, message, duplicate=not created))
-        if not created:
-            return  # a resend of a message already stored, and broadcast then
-        self.room_name = message.room_name
-        metrics.messages_stored.inc()
+        # A resend of a message already stored is broadcast again: the server
+        # that stored it may have stopped before broadcasting it (a restart),
+        # and clients that have it drop the second copy by its id.
+        if created:
+            self.room_name = message.room_name
+            metrics.messages_stored.inc()
         try:
             # Serialized once here rather than once per receiving client.
             # "stored" (wall-clock time, comparable across servers) lets each

@@ -6,7 +6,7 @@ idle connection. The layer only ever puts into that queue without waiting
 and has one reader, so a Mailbox (chat.mailbox), which allocates nothing
 until a message has to wait, does the same job.
 
-Three more things channels-redis does not do:
+What else this layer does that channels-redis does not:
 
 - delete_channel(), the antithesis of new_channel(): drops the channel's
   mailbox, its Redis subscription and its group memberships, whatever state
@@ -25,6 +25,15 @@ Three more things channels-redis does not do:
   burst's connections do not stay for ever) is sent again once on a new
   connection, instead of failing the broadcast: redis-py's async pool only
   finds out that such a connection is gone when a command fails on it.
+- A Redis that falls silent is left. A host that is gone without closing
+  its connections (a stopped container, a power cut, a partition) leaves
+  the pub/sub connection open and quiet for as long as TCP takes to give up
+  (up to fifteen minutes with unacknowledged data): every subscription on it
+  is dead while the reader sees nothing wrong. The reader's connection is
+  pinged after HEALTH_SECONDS without a word from Redis (redis-py's health
+  check), and given up after SILENT_SECONDS more without an answer: it
+  reconnects (through Sentinel, to whichever server is master now) and the
+  channels resync.
 - A bound on what waits for a consumer. A consumer that cannot send (uvicorn
   makes a send wait while the client does not read) lets its channel's
   messages pile up without limit. Past CHAT_SEND_BUFFER_LIMIT bytes the
@@ -41,6 +50,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer,
 from channels_redis.utils import _wrap_close
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .mailbox import Mailbox
 
@@ -48,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 RESYNC = {"type": "chat.resync"}
 SWEEP_SECONDS = 10.0
+HEALTH_SECONDS = 1.0
+SILENT_SECONDS = 3.0
 
 
 class _ChannelMailbox(Mailbox):
@@ -128,6 +140,21 @@ class _ResubscribingPubSub(PubSub):
         if not self.channels:
             self.shard.resubscribed()
 
+    async def check_health(self):
+        # redis-py's health check sends its PING with send_command(), which reconnects a dropped connection
+        # to the address it had; through Sentinel that is the old master. connect() asks Sentinel again.
+        if self.connection is not None and not self.connection.is_connected:
+            await self.connection.connect()
+        await super().check_health()
+
+    def silent_for(self, now):
+        """Seconds the connection has left a health check unanswered (0 when it has not)."""
+        connection = self.connection
+        if connection is None or not connection.is_connected or not connection.health_check_interval:
+            return 0
+        # redis-py moves next_health_check on after every reply it reads.
+        return max(0.0, now - connection.next_health_check)
+
     async def handle_message(self, response, ignore_subscribe_messages=False):
         if self.confirmations_awaited and response is not None and not isinstance(response, bytes):
             if response[0] in (b"subscribe", "subscribe"):
@@ -138,6 +165,10 @@ class _ResubscribingPubSub(PubSub):
 
 
 class _Shard(RedisSingleShardConnection):
+    def __init__(self, host, channel_layer):
+        super().__init__(host, channel_layer)
+        self._sweeper = None
+
     async def publish(self, channel, message):
         try:
             await super().publish(channel, message)
@@ -166,16 +197,23 @@ class _Shard(RedisSingleShardConnection):
             try:
                 if asyncio.get_running_loop().time() >= next_sweep:
                     next_sweep += SWEEP_SECONDS
-                    await self.sweep()
+                    # In a task of its own: the sweep waits for the shard's lock, and the reader must go on
+                    # reading meanwhile (publishes queued behind a failing Redis hold the lock for seconds,
+                    # and a reader that waited with them would notice a lost connection only after them).
+                    if self._sweeper is None or self._sweeper.done():
+                        self._sweeper = asyncio.ensure_future(self.sweep())
                 if self._pubsub and self._pubsub.subscribed:
                     message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    if message is None:
+                        # Nothing to read for 0.1 s: a reply held up by a busy event loop would have been read.
+                        await self.leave_if_silent()
                     failing = False
                     self._receive_message(message)
                 else:
                     await asyncio.sleep(0.1)
             except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
                 raise
-            except (RedisConnectionError, OSError) as error:
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 if not failing:
                     logger.warning("Redis pub/sub connection to %s lost (%s); reconnecting every second",
                                    self.describe(), error)
@@ -185,9 +223,32 @@ class _Shard(RedisSingleShardConnection):
                 logger.exception("Unexpected exception in the Redis pub/sub reader")
                 await asyncio.sleep(1)
 
+    async def leave_if_silent(self):
+        silent = self._pubsub.silent_for(asyncio.get_running_loop().time())
+        if silent > SILENT_SECONDS:
+            await self._pubsub.connection.disconnect(nowait=True)
+            raise RedisConnectionError(f"no answer to a health check for {silent:.1f} s")
+
+    async def flush(self):
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await super().flush()
+
     async def sweep(self):
-        for name in self._subscribed_to - self.wanted():
-            await self.unsubscribe(name)
+        try:
+            for name in self._subscribed_to - self.wanted():
+                # channels-redis's unsubscribe(), but asking again under the lock whether the name is still
+                # unwanted: a consumer may have joined the group (or taken the name) while the sweep waited,
+                # and finding it subscribed already, not subscribed it again.
+                async with self._lock:
+                    if name in self._subscribed_to and name not in self.wanted():
+                        self._ensure_redis()
+                        self._ensure_receiver()
+                        await self._pubsub.unsubscribe(name)
+                        self._subscribed_to.discard(name)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            pass  # Redis is failing: the reader says so, and the next sweep tries again
 
     def wanted(self):
         """The names this process still subscribes to: its channels and its groups."""
@@ -215,7 +276,10 @@ class _Shard(RedisSingleShardConnection):
 class _LoopLayer(RedisPubSubLoopLayer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._shards = [_Shard(shard.host, self) for shard in self._shards]
+        # Every connection PINGs before it is used after HEALTH_SECONDS without a reply from Redis; the
+        # reader's pings tell a silent Redis from a quiet one.
+        self._shards = [_Shard({**shard.host, "health_check_interval": HEALTH_SECONDS}, self)
+                        for shard in self._shards]
         self._memberships = {}  # channel -> the group channels it is in (a tuple: most are in one)
         self.mailbox_limit = send_buffer_limit()
 

@@ -48,6 +48,9 @@ redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 
 return 1
 """
 KEY_PREFIX = "chat:rate:"
+# After Redis fails a check, the per-connection buckets decide this long before Redis is asked again: while
+# a master is down (until Sentinel promotes a replica) each attempt would hold a message up for a timeout.
+PAUSE_SECONDS = 5.0
 
 
 class SharedRateLimiter:
@@ -56,28 +59,40 @@ class SharedRateLimiter:
     Kept in Redis (the channel layer's first server) when the site has one,
     so every app process and host counts the same budget; in this process
     only otherwise (runserver, one process). If Redis fails, the caller's
-    per-connection bucket decides meanwhile: a limit is not worth refusing
+    per-connection bucket decides meanwhile (for PAUSE_SECONDS before
+    Redis is tried again): a limit is not worth refusing, or holding up,
     every message over.
     """
 
-    def __init__(self, redis_client=None, local_keys=100_000):
+    def __init__(self, redis_client=None, local_keys=100_000, clock=time.monotonic):
         self.redis = redis_client
         self.script = redis_client.register_script(GCRA) if redis_client is not None else None
         self.local = {}
         self.local_keys = local_keys
+        self.clock = clock
+        self.paused_until = None  # while Redis fails: when to ask it again
 
     async def take(self, key, rate, burst):
         """True when the client under `key` may send one more message now; None when Redis could not say."""
         if self.script is None:
             return self.take_locally(key, rate, burst)
+        if self.paused_until is not None and self.clock() < self.paused_until:
+            return None
         try:
             # The limits are part of the key: a budget counted under other limits
             # (a site that changed them, another test's server) is not this one.
             bucket = f"{KEY_PREFIX}{rate:g}:{burst}:{key}"
-            return bool(await self.script(keys=[bucket], args=[1.0 / rate, burst]))
+            allowed = bool(await self.script(keys=[bucket], args=[1.0 / rate, burst]))
         except Exception as error:  # Redis down or refusing: the per-connection bucket decides
-            logger.warning("Shared rate limit unavailable (%s); counting per connection meanwhile", error)
+            if self.paused_until is None:
+                logger.warning("Shared rate limit unavailable (%s); counting per connection meanwhile, "
+                               "and trying Redis again every %g s", error, PAUSE_SECONDS)
+            self.paused_until = self.clock() + PAUSE_SECONDS
             return None
+        if self.paused_until is not None:
+            logger.warning("Shared rate limit available again")
+            self.paused_until = None
+        return allowed
 
     def take_locally(self, key, rate, burst):
         bucket = self.local.get(key)

@@ -34,11 +34,11 @@ everything else is daphne's, options included, plus one: --proxy-trusted
 import argparse
 import asyncio
 import collections
+import ctypes
+import ctypes.util
 import http
 import ipaddress
 import logging
-import ctypes
-import ctypes.util
 import os
 import pprint
 import sys
@@ -50,6 +50,7 @@ from autobahn.websocket.types import ConnectionDeny
 from daphne import http_protocol, utils, ws_protocol
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
+from twisted.internet import task
 from twisted.logger import globalLogPublisher
 
 from .mailbox import Mailbox
@@ -179,12 +180,25 @@ class ChatServer(Server):
     def run(self):
         # The application (and with it Django's settings) is loaded by now.
         self.send_buffer_limit = configured_send_buffer_limit()
-        from twisted.internet import reactor  # daphne.server installed the asyncio reactor
-
-        reactor.callLater(ORPHAN_CHECK_SECONDS, self.orphan_checker)
-        reactor.callLater(TRIM_SECONDS, self.memory_trimmer)
+        # On the reactor daphne.server installed (asyncio's); each runs first one period from now.
+        task.LoopingCall(self.orphan_checker).start(ORPHAN_CHECK_SECONDS, now=False)
+        task.LoopingCall(release_free_memory).start(TRIM_SECONDS, now=False)
         globalLogPublisher.addObserver(TwistedErrors())
         super().run()
+
+    def kill_all_applications(self):
+        # daphne's reads every connection's application; a connection still in
+        # its handshake has none yet, and the KeyError ended the clean-up at
+        # shutdown (a restart under load logged it). Those are left out while
+        # daphne's runs: they have nothing to cancel.
+        handshaking = {protocol: details for protocol, details in self.connections.items()
+                       if "application_instance" not in details}
+        for protocol in handshaking:
+            del self.connections[protocol]
+        try:
+            return super().kill_all_applications()
+        finally:
+            self.connections.update(handshaking)
 
     # --- Websocket applications whose connection daphne lost track of ---
     #
@@ -205,22 +219,11 @@ class ChatServer(Server):
         self.websocket_applications.pop(instance, None)
 
     def orphan_checker(self):
-        from twisted.internet import reactor
-
+        # Caught here: an exception would end the LoopingCall.
         try:
             self.reap_orphans()
         except Exception:
             logger.exception("Looking for orphaned websocket applications failed")
-        finally:
-            reactor.callLater(ORPHAN_CHECK_SECONDS, self.orphan_checker)
-
-    def memory_trimmer(self):
-        from twisted.internet import reactor
-
-        try:
-            release_free_memory()
-        finally:
-            reactor.callLater(TRIM_SECONDS, self.memory_trimmer)
 
     def reap_orphans(self, now=None):
         """Ends the websocket applications whose connection is gone without daphne having told them; returns how many it found."""

@@ -13,6 +13,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -137,8 +139,10 @@ def sentinel_host(sentinels, master, password, tls_ca_file=""):
     # A Sentinel or a master on a host that is down answers nothing: a short
     # connect timeout moves on to the next Sentinel (or retries) within a
     # second instead of the system's minutes, which would stretch a failover.
+    # And no retries of a Sentinel (redis-py's clients retry a connection ten
+    # times by default): the next Sentinel in the list is the retry.
     host = {"sentinels": addresses, "master_name": master, "socket_connect_timeout": 1,
-            "sentinel_kwargs": {"socket_connect_timeout": 1, "socket_timeout": 1}}
+            "sentinel_kwargs": {"socket_connect_timeout": 1, "socket_timeout": 1, "retry": Retry(NoBackoff(), 0)}}
     if password:
         # The same password for the master and for the Sentinels (as the redis role deploys them).
         host["password"] = password

@@ -50,6 +50,24 @@ async def test_a_resent_message_is_stored_and_broadcast_once(channel_layer):
     assert await stored_count() == 2
 
 
+async def test_a_resend_broadcasts_a_stored_message_that_never_was(channel_layer):
+    """Stored, then its server stopped before broadcasting it (a restart): the sender's resend relays it.
+
+    The resend is a duplicate (acknowledged as one, stored once); clients that have the message already
+    drop the second broadcast by its id.
+    """
+    client_id = str(uuid.uuid4())
+    async with joined("/ws/chat/lobby/") as bob:
+        stored = await database_sync_to_async(Message.objects.post)("lobby", "ann", "stored, not sent", client_id)
+        stored = stored[0]
+        async with joined(f"/ws/chat/lobby/?since={stored.id}") as ann:
+            await ann.send_json_to({"message": "stored, not sent", "user": "ann", "client_id": client_id})
+            assert (await receive(ann))["duplicate"] is True
+            assert (await receive(bob))["id"] == stored.id
+            assert await ann.receive_nothing(timeout=0.3)  # it has it: the broadcast is dropped
+    assert await stored_count() == 1
+
+
 async def test_a_refusal_names_the_client_id_it_is_about(channel_layer, settings):
     settings.CHAT_RATE_PER_SECOND = 0.01
     settings.CHAT_RATE_BURST = 1

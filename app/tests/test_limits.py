@@ -87,3 +87,31 @@ def test_one_client_on_two_server_processes_gets_one_budget(tmp_path, redis_url)
         answers = asyncio.run(run())
     assert sum("ack" in answer for answer in answers) == 4
     assert sum(answer.get("code") == "rate_limited" for answer in answers) == 4
+
+
+def test_after_redis_fails_the_limiter_counts_per_connection_for_a_while(caplog):
+    """While a Redis master is down, each check would hold a message up for a timeout: one failure pauses them."""
+    from redis import asyncio as aioredis
+
+    from .conftest import free_port
+
+    now = [100.0]
+    limiter = ratelimit.SharedRateLimiter(aioredis.Redis(port=free_port(), retry=None), clock=lambda: now[0])
+    tried = []
+    script = limiter.script
+
+    async def counted(*args, **kwargs):
+        tried.append(now[0])
+        return await script(*args, **kwargs)
+
+    limiter.script = counted
+
+    async def take():
+        return await limiter.take("paused", 1.0, 5)
+
+    assert [asyncio.run(take()) for _ in range(3)] == [None, None, None]
+    assert tried == [100.0]  # nothing listens there: one try, then the pause
+    now[0] += ratelimit.PAUSE_SECONDS
+    assert asyncio.run(take()) is None
+    assert tried == [100.0, 100.0 + ratelimit.PAUSE_SECONDS]
+    assert len([r for r in caplog.records if "Shared rate limit unavailable" in r.getMessage()]) == 1

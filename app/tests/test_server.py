@@ -219,3 +219,16 @@ def test_free_memory_in_the_middle_of_the_heap_goes_back_to_the_system():
     released = before - rss_bytes()
     assert released > 24 * 2**20, f"RSS went down by {released / 2**20:.1f} MiB only"
     assert len(kept) == 4096
+
+
+async def test_shutting_down_with_a_handshake_still_in_progress_cancels_the_others():
+    """daphne's kill_all_applications read every connection's application: one still in its handshake has none.
+
+    (A restart under load logged KeyError: 'application_instance' from the reactor's shutdown.)
+    """
+    server, _ = websocket_server(waiting_application, Connection())
+    server.connections[Connection()] = {}  # connected, its application not made yet
+    running = [details["application_instance"] for details in server.connections.values() if details]
+    server.kill_all_applications()
+    await asyncio.sleep(0)
+    assert all(instance.cancelled() for instance in running)

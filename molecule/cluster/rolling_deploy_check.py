@@ -6,17 +6,25 @@
 Websocket clients chat in one room through the load balancer, each sending
 a message a second, and behave like the room page: when their connection
 drops they reconnect with ?since=<last id>, and resend what was not echoed
-back. An HTTP poller fetches pages through the load balancer meanwhile, and every
+back; each message carries a client_id, and one the server refused for now
+(rate_limited, store_failed, broadcast_failed) is sent again a second later. An HTTP poller fetches pages through the load balancer meanwhile, and every
 static file (CSS, JavaScript) each page names. The
 command after -- (the deploy) runs in the middle. Afterwards every client
 must have every stored message of the room exactly once, no sent message may
 be missing, and no HTTP request may have failed (a 404 for a static file
 named by a page included). Bounded: the run stops
 after --max-seconds whatever happens.
+
+With --outage (the Redis failover drill, failover.yml), the command after --
+is the failure itself: clients need not be disconnected by it, and the
+longest pause in live delivery (the outage: no client received any message
+live, i.e. not through a resync) is printed, and must stay under --outage
+seconds.
 """
 
 import argparse
 import asyncio
+import collections
 import json
 import re
 import sys
@@ -29,6 +37,7 @@ from urllib.parse import urlsplit
 import websockets
 
 TIMEOUT = 10
+RETRY_LATER = {"rate_limited", "store_failed", "broadcast_failed"}
 
 
 class Client:
@@ -42,15 +51,28 @@ class Client:
         self.pending = {}  # text not yet echoed -> None
         self.sequence = 0
         self.last_id = 0
+        self.live = []  # when each message arrived live (not through history or a resync)
+        self.retry = set()  # refused for now: sent again a second later
+        self.recent = collections.deque(maxlen=4)  # the last frames, shown if the run hits its limit
+
+    def describe(self, started):
+        recent = [f"{moment - started:.1f}s {frame[:120]}" for moment, frame in self.recent]
+        return (f"{self.name}: {self.connections} connections, {len(self.seen)} messages seen, last id "
+                f"{self.last_id}, {len(self.pending)} not echoed {sorted(self.pending)[:3]}, last frames {recent}")
 
     def receive(self, frame):
+        self.recent.append((time.monotonic(), frame))
         data = json.loads(frame)
-        if "message" not in data:  # an error or page frame
+        if data.get("code") in RETRY_LATER and data.get("client_id") in self.pending:
+            self.retry.add(data["client_id"])  # as the room page does: again in a moment
+        if "message" not in data:  # an error, ack or page frame
             return
         if data["id"] in self.seen:
             self.duplicates += 1
             return
         self.seen[data["id"]] = data["message"]
+        if not data.get("history") and not data.get("resync"):
+            self.live.append(time.monotonic())
         self.last_id = max(self.last_id, data["id"])
         self.pending.pop(data["message"], None)
 
@@ -78,20 +100,28 @@ class Client:
                 ) as socket:
                     self.connections += 1
                     reader = asyncio.create_task(self.read(socket))
+                    self.retry.clear()
                     for text in list(self.pending):
-                        await socket.send(json.dumps({"message": text, "user": self.name}))
+                        await self.send(socket, text)
                     while not reader.done() and not (finished.is_set() and not self.pending):
+                        for text in [text for text in self.retry if text in self.pending]:
+                            await self.send(socket, text)
+                        self.retry.clear()
                         if sending.is_set():
                             self.sequence += 1
                             text = f"{self.name}-{self.sequence}"
                             self.pending[text] = None
-                            await socket.send(json.dumps({"message": text, "user": self.name}))
+                            await self.send(socket, text)
                         await asyncio.sleep(1)
                     reader.cancel()
             except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
                 pass
             if not (finished.is_set() and not self.pending):
                 await asyncio.sleep(0.5)
+
+    async def send(self, socket, text):
+        # The text is the client_id too: a resend of a stored message is acknowledged as a duplicate.
+        await socket.send(json.dumps({"message": text, "user": self.name, "client_id": text}))
 
     async def read(self, socket):
         try:
@@ -104,7 +134,7 @@ class Client:
 STATIC_URL = re.compile(r"""(?:src|href)=["'](/static/[^"']+)["']""")
 
 
-async def poll_http(base, stop, failures, requests):
+async def poll_http(base, stop, failures, requests, paths):
     """Fetch pages through the load balancer, and every static file each names.
 
     A page rendered by a host still on the old release names the old release's
@@ -122,7 +152,7 @@ async def poll_http(base, stop, failures, requests):
             return repr(error), ""
 
     while not stop.is_set():
-        for path in ("chat/", "chat/rolling-page/", "healthz"):
+        for path in paths:
             status, body = await loop.run_in_executor(None, fetch, path)
             requests.append(path)
             if status != 200:
@@ -162,21 +192,31 @@ async def main_async(args):
     failures, requests = [], []
     sending.set()
     tasks = [asyncio.create_task(client.run(sending, finished)) for client in clients]
-    poller = asyncio.create_task(poll_http(args.lb, stop_polling, failures, requests))
+    # /healthz answers 503 while Redis fails over, as it should; the pages must not fail.
+    paths = ("chat/", "chat/rolling-page/") + (("healthz",) if args.outage is None else ())
+    poller = asyncio.create_task(poll_http(args.lb, stop_polling, failures, requests, paths))
     started = time.monotonic()
     await asyncio.sleep(args.settle)
 
     print(f"deploying: {' '.join(args.deploy[:2])} ...", flush=True)
+    command_started = time.monotonic()
     deploy = await asyncio.create_subprocess_exec(*args.deploy, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     output, _ = await asyncio.wait_for(deploy.communicate(), args.max_seconds)
     if deploy.returncode != 0:
         print(output.decode()[-4000:])
         raise SystemExit(f"FAILED: the deploy exited with {deploy.returncode}")
+    command_ended = time.monotonic()
 
     await asyncio.sleep(args.settle)
     sending.clear()
+    sending_ended = time.monotonic()
     finished.set()
-    await asyncio.wait_for(asyncio.gather(*tasks), max(5, args.max_seconds - (time.monotonic() - started)))
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), max(5, args.max_seconds - (time.monotonic() - started)))
+    except asyncio.TimeoutError:
+        for client in clients:
+            print(client.describe(started))
+        raise SystemExit(f"FAILED: clients still waited for their own messages after {args.max_seconds:g} s") from None
     stop_polling.set()
     await poller
 
@@ -195,8 +235,19 @@ async def main_async(args):
     if failures:
         problems.append(f"{len(failures)} of {len(requests)} HTTP requests failed: {failures[:5]}")
     reconnects = sum(client.connections - 1 for client in clients)
-    if reconnects == 0:
+    if reconnects == 0 and args.outage is None:
         problems.append("no client was ever disconnected: the deploy restarted nothing under them")
+    if args.outage is not None:
+        # Up to the end of sending: live delivery that never came back before the clients stopped is an
+        # outage that long, not none. (Clients send in step, once a second: up to a second of it is the
+        # ordinary pause between rounds.)
+        live = sorted([moment for client in clients for moment in client.live if moment < sending_ended])
+        live.append(sending_ended)
+        gap, since = max((later - earlier, earlier - started) for earlier, later in zip(live, live[1:]))
+        print(f"outage: no message was delivered live for {gap:.1f} s, from {since:.1f} s into the run "
+              f"(the command ran from {command_started - started:.1f} s to {command_ended - started:.1f} s)")
+        if gap >= args.outage:
+            problems.append(f"live delivery stopped for {gap:.1f} s, not under {args.outage} s")
     print(
         f"{len(clients)} clients, {len(stored)} messages stored, {len(sent)} sent, "
         f"{reconnects} reconnections during the deploy, {len(requests)} HTTP requests, {len(failures)} failed"
@@ -212,6 +263,7 @@ def main():
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--settle", type=float, default=5, help="seconds of chat before and after the deploy")
     parser.add_argument("--max-seconds", type=float, default=600, help="the whole run's limit")
+    parser.add_argument("--outage", type=float, help="the command is a failure: print the live outage, which must be under this")
     parser.add_argument("deploy", nargs="+", help="the deploy command, after --")
     args = parser.parse_args()
     args.lb = args.lb.rstrip("/") + "/"
