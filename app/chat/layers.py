@@ -136,9 +136,9 @@ class _ResubscribingPubSub(PubSub):
         self.shard._subscribed_to &= wanted
         self.confirmations_awaited = 0
         await super().on_connect(connection)
+        # With nothing to subscribe again (the connection was closed while it subscribed to nothing),
+        # nothing published was missed: no one is told to resync.
         self.confirmations_awaited = len(self.channels)
-        if not self.channels:
-            self.shard.resubscribed()
 
     async def check_health(self):
         # redis-py's health check sends its PING with send_command(), which reconnects a dropped connection
@@ -176,6 +176,15 @@ class _Shard(RedisSingleShardConnection):
             # The connection failed before Redis answered; redis-py has dropped it. Once more on a
             # new one: if Redis is down this fails too, and the caller hears it as before.
             await super().publish(channel, message)
+
+    async def subscribe(self, channel):
+        try:
+            await super().subscribe(channel)
+        except RedisConnectionError:
+            # As for publish: the pub/sub connection may be one Redis closed as idle (redis.conf's timeout
+            # spares a connection only while it subscribes to something, so a quiet process's is closed).
+            # redis-py has dropped it; once more on a new one.
+            await super().subscribe(channel)
 
     def _ensure_redis(self):
         if self._redis is None:

@@ -63,3 +63,27 @@ async def test_idle_pooled_connections_are_closed_and_replaced_without_an_error(
         assert await limiter.take("someone", rate=1, burst=5) is True
     finally:
         await layer.flush()
+
+
+async def test_a_subscriber_left_without_subscriptions_and_closed_as_idle_subscribes_again_without_an_error(
+    idle_closing_redis,
+):
+    # A quiet site: the last client left, so the layer's pub/sub connection subscribes to nothing, is no longer
+    # exempt from the timeout, and Redis closes it. The next client's join must not fail (its handshake would be
+    # refused: "the channel layer is unavailable").
+    url = idle_closing_redis
+    layer = LeanRedisPubSubChannelLayer(hosts=[{"address": url}])
+    try:
+        first = await layer.new_channel()
+        await layer.group_add("room", first)
+        await layer.group_discard("room", first)
+        await layer.delete_channel(first)
+        await asyncio.sleep(IDLE + 2)
+        assert clients(url) == [], "Redis kept the idle subscriber: this test proves nothing"
+
+        second = await layer.new_channel()
+        await layer.group_add("room", second)
+        await layer.group_send("room", {"type": "chat.message", "text": "after a quiet while"})
+        assert (await asyncio.wait_for(layer.receive(second), 5))["text"] == "after a quiet while"
+    finally:
+        await layer.flush()
