@@ -10,7 +10,9 @@ back; each message carries a client_id, and one the server refused for now
 (rate_limited, store_failed, broadcast_failed) is sent again a second later. An HTTP poller fetches pages through the load balancer meanwhile, and every
 static file (CSS, JavaScript) each page names. The
 command after -- (the deploy) runs in the middle. Afterwards every client
-must have every stored message of the room exactly once, no sent message may
+must have every stored message of the room exactly once (each stays in the
+room until all have had their own messages back, and then until it has every
+stored one, or DRAIN_SECONDS), no sent message may
 be missing, and no HTTP request may have failed (a 404 for a static file
 named by a page included). Bounded: the run stops
 after --max-seconds whatever happens.
@@ -25,6 +27,7 @@ seconds.
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import re
 import sys
@@ -38,6 +41,9 @@ import websockets
 
 TIMEOUT = 10
 RETRY_LATER = {"rate_limited", "store_failed", "broadcast_failed"}
+# How long a stored message may take to reach every client once all have had their own back (a
+# consumer waits a moment for a missing seq before reading it from the database).
+DRAIN_SECONDS = 15
 
 
 class Client:
@@ -90,9 +96,9 @@ class Client:
             raise SystemExit(f"FAILED: {page} set no session cookie (got {cookies})")
         return session[0]
 
-    async def run(self, sending, finished):
+    async def run(self, sending, done):
         cookie = await asyncio.get_running_loop().run_in_executor(None, self.session_cookie)
-        while not (finished.is_set() and not self.pending):
+        while not done.is_set():
             url = self.url + (f"?since={self.last_id}" if self.last_id else "")
             try:
                 async with websockets.connect(
@@ -103,7 +109,7 @@ class Client:
                     self.retry.clear()
                     for text in list(self.pending):
                         await self.send(socket, text)
-                    while not reader.done() and not (finished.is_set() and not self.pending):
+                    while not reader.done() and not done.is_set():
                         for text in [text for text in self.retry if text in self.pending]:
                             await self.send(socket, text)
                         self.retry.clear()
@@ -112,11 +118,12 @@ class Client:
                             text = f"{self.name}-{self.sequence}"
                             self.pending[text] = None
                             await self.send(socket, text)
-                        await asyncio.sleep(1)
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(done.wait(), 1)
                     reader.cancel()
             except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
                 pass
-            if not (finished.is_set() and not self.pending):
+            if not done.is_set():
                 await asyncio.sleep(0.5)
 
     async def send(self, socket, text):
@@ -129,6 +136,11 @@ class Client:
                 self.receive(frame)
         except websockets.ConnectionClosed:
             pass
+
+
+async def until(condition):
+    while not condition():
+        await asyncio.sleep(0.2)
 
 
 STATIC_URL = re.compile(r"""(?:src|href)=["'](/static/[^"']+)["']""")
@@ -188,10 +200,10 @@ async def main_async(args):
     room = f"rolling-{uuid.uuid4().hex[:8]}"
     url = f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}/ws/chat/{room}/"
     clients = [Client(f"c{n}", url, origin) for n in range(args.clients)]
-    sending, finished, stop_polling = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    sending, done, stop_polling = asyncio.Event(), asyncio.Event(), asyncio.Event()
     failures, requests = [], []
     sending.set()
-    tasks = [asyncio.create_task(client.run(sending, finished)) for client in clients]
+    tasks = [asyncio.create_task(client.run(sending, done)) for client in clients]
     # /healthz answers 503 while Redis fails over, as it should; the pages must not fail.
     paths = ("chat/", "chat/rolling-page/") + (("healthz",) if args.outage is None else ())
     poller = asyncio.create_task(poll_http(args.lb, stop_polling, failures, requests, paths))
@@ -210,17 +222,25 @@ async def main_async(args):
     await asyncio.sleep(args.settle)
     sending.clear()
     sending_ended = time.monotonic()
-    finished.set()
+    # Every client stays in the room until each has had its own messages back (so all are stored),
+    # and then until each has every stored message or DRAIN_SECONDS have passed: a client that left
+    # as soon as its own messages were back would miss one another client sent in the same second.
     try:
-        await asyncio.wait_for(asyncio.gather(*tasks), max(5, args.max_seconds - (time.monotonic() - started)))
+        await asyncio.wait_for(until(lambda: not any(client.pending for client in clients)),
+                               max(5, args.max_seconds - (time.monotonic() - started)))
     except asyncio.TimeoutError:
         for client in clients:
             print(client.describe(started))
         raise SystemExit(f"FAILED: clients still waited for their own messages after {args.max_seconds:g} s") from None
+    stored = await room_contents(url, origin)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(until(lambda: all(client.seen.keys() >= stored.keys() for client in clients)),
+                               DRAIN_SECONDS)
+    done.set()
+    await asyncio.gather(*tasks)
     stop_polling.set()
     await poller
 
-    stored = await room_contents(url, origin)
     problems = []
     sent = {f"{client.name}-{n}" for client in clients for n in range(1, client.sequence + 1)}
     missing_sent = sent - set(stored.values())
@@ -231,7 +251,8 @@ async def main_async(args):
             problems.append(f"{client.name} received {client.duplicates} messages twice")
         if client.seen.keys() != stored.keys():
             lost = stored.keys() - client.seen.keys()
-            problems.append(f"{client.name} is missing {len(lost)} of {len(stored)} messages")
+            problems.append(f"{client.name} is missing {len(lost)} of {len(stored)} messages "
+                            f"({', '.join(f'{id}: {stored[id]}' for id in sorted(lost)[:5])}; its last id {client.last_id})")
     if failures:
         problems.append(f"{len(failures)} of {len(requests)} HTTP requests failed: {failures[:5]}")
     reconnects = sum(client.connections - 1 for client in clients)
