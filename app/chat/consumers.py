@@ -33,7 +33,9 @@ class Page:
     messages: list
     more: bool  # another page waits (newer for "after", older for "before")
     room_seq: int  # the room's last seq, read before the messages
-    latest: int  # the room's last message id when read (when the page reaches the end)
+    # The room's last message id (when the page reaches the end), read before the messages: a message
+    # committed after the messages were read must not count as sent, or its live copy would be dropped.
+    latest: int
     room_name: str | None  # the room's shown name (None: the room has no row, so no messages)
 
 
@@ -54,17 +56,19 @@ def read_after(room, cursor):
     committed before the messages are read, so none of them is missed.
     """
     seq, name = room_seq_and_name(room)
+    latest = latest_id(room)  # before the rows too: see Page.latest
     limit = settings.CHAT_RESYNC_LIMIT
     rows = list(Message.objects.filter(room=room, id__gt=cursor, deleted=None).order_by("id")[: limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]
-    return Page(rows, more, seq, rows[-1].id if rows else latest_id(room), name)
+    return Page(rows, more, seq, rows[-1].id if rows else latest, name)
 
 
 @database_sync_to_async
 def read_before(room, cursor):
     """The CHAT_HISTORY_LIMIT messages before id `cursor` (None: the latest), oldest first."""
     seq, name = room_seq_and_name(room)
+    latest = latest_id(room) if cursor is None else 0  # before the rows: see Page.latest
     limit = settings.CHAT_HISTORY_LIMIT
     messages = Message.objects.filter(room=room, deleted=None)
     if cursor is not None:
@@ -72,7 +76,7 @@ def read_before(room, cursor):
     rows = list(messages.order_by("-id")[: limit + 1]) if limit else []
     more = len(rows) > limit if limit else messages.exists()
     rows = list(reversed(rows[:limit]))
-    return Page(rows, more, seq, latest_id(room) if cursor is None else 0, name)
+    return Page(rows, more, seq, latest, name)
 
 
 @database_sync_to_async
