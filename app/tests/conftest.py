@@ -14,6 +14,20 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def wait_until(check, seconds=20):
+    """Returns once check() is true (a Redis error counts as not yet); fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {seconds} s: {check}")
+        time.sleep(0.1)
+
+
 def wait_for_redis(url, seconds=10):
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + seconds

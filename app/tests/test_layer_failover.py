@@ -19,7 +19,7 @@ from chatsite.settings import channel_layer_from_env, sentinel_host
 
 from chat.layers import LeanRedisPubSubChannelLayer
 
-from .conftest import free_port
+from .conftest import free_port, wait_until
 
 PASSWORD = "failover-test-password-0123456789"
 MASTER = "chat"
@@ -29,19 +29,6 @@ def start(arguments, directory):
     server = shutil.which("redis-server")
     assert server, "redis-server is not installed (apt-get install redis-server)"
     return subprocess.Popen([server, *arguments, "--dir", str(directory)], stdout=subprocess.DEVNULL)
-
-
-def wait_until(check, seconds=20):
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if check():
-                return
-        except redis.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {seconds} s: {check}")
-        time.sleep(0.1)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import datetime
 import ipaddress
 import shutil
 import subprocess
-import time
 
 import pytest
 import redis
@@ -27,7 +26,7 @@ from redis.retry import Retry
 from chat.layers import LeanRedisPubSubChannelLayer
 from chat.ratelimit import redis_from_layer_settings
 
-from .conftest import free_port
+from .conftest import free_port, wait_until
 
 PASSWORD = "tls-test-password-0123456789"
 MASTER = "chat"
@@ -80,19 +79,6 @@ def make_server_certificate(directory, ca_key, ca_cert, address):
 def client(host="127.0.0.1", **options):
     """A client that fails at once (redis-py retries three times by default)."""
     return redis.Redis(host=host, password=PASSWORD, socket_timeout=5, retry=Retry(NoBackoff(), 0), **options)
-
-
-def wait_until(check, seconds=20):
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if check():
-                return
-        except redis.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {seconds} s: {check}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
