@@ -167,11 +167,12 @@ def channel_layer_from_env(redis_urls, layer, sentinel=None, tls_ca_file=""):
         hosts = [sentinel]
     elif redis_urls:
         for url in redis_urls:
-            if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+            scheme = urlsplit(url).scheme
+            if scheme not in {"redis", "rediss", "unix"}:
                 raise ImproperlyConfigured(f"REDIS_URL must be redis://[:password@]host:port/db, not {url!r}.")
-            if tls_ca_file and urlsplit(url).scheme != "rediss":
+            if tls_ca_file and scheme != "rediss":
                 raise ImproperlyConfigured(
-                    f"REDIS_TLS_CA_FILE is set, so REDIS_URL must be rediss:// (TLS), not {urlsplit(url).scheme}://."
+                    f"REDIS_TLS_CA_FILE is set, so REDIS_URL must be rediss:// (TLS), not {scheme}://."
                 )
         tls = redis_tls_options(tls_ca_file) if tls_ca_file else {}
         hosts = [{"address": url, **tls} for url in redis_urls]
