@@ -7,9 +7,12 @@ so it needs neither compilers nor access to PyPI. Wheels are chosen for the
 evaluated for the server too: pip would evaluate them for the Python running
 here (Debian 12's 3.11.2 needs async-timeout, a 3.11.7 control node does not).
 
-The release id is a digest of the app's source and the lock, so the same code
-always gives the same release and a change gives a new one. A wheelhouse that
-is already built is reused. Prints one JSON object:
+The release id is a digest of the app's source and the lock, and the server's
+Python (cp311: the release's virtualenv works with that Python only), so the
+same code on the same Python always gives the same release, and a change of
+either gives a new one: after an upgrade of Debian in place (3.11 to 3.13) a
+rerun installs and switches to a release for the new Python. A wheelhouse
+that is already built is reused. Prints one JSON object:
     {"changed": bool, "release": "<id>", "archive": "<path to .tar.gz>"}
 """
 
@@ -113,6 +116,15 @@ def build(app_dir, lock, pins, python, glibc, machine, workdir):
     return wheels
 
 
+def python_tag(python):
+    """cp311 for 3.11.2: what a virtualenv and the wheels in it are bound to."""
+    return "cp" + "".join(python.split(".")[:2])
+
+
+def release_name(app_dir, lock, python):
+    return f"{release_id(app_dir, lock)}-{python_tag(python)}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--app", type=Path, required=True, help="the app's source directory (app/)")
@@ -124,9 +136,8 @@ def main():
     args = parser.parse_args()
 
     app_dir, lock = args.app.resolve(), args.lock.resolve()
-    release = release_id(app_dir, lock)
-    tag = "cp" + "".join(args.python.split(".")[:2])
-    name = f"{release}-{tag}-{args.python}-glibc{args.glibc}-{args.machine}"
+    release = release_name(app_dir, lock, args.python)
+    name = f"{release}-{args.python}-glibc{args.glibc}-{args.machine}"
     archive = args.out.resolve() / f"{name}.tar.gz"
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / ".lock", "w") as lockfile:
