@@ -264,14 +264,11 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.close()  # sign in to enter
             return
         self.address = (self.scope.get("client") or [None])[0]
-        self.guest_name, refusal = await admit(self.room, self.user, self.scope.get("session"), self.address)
-        if refusal is not None:
-            refusal.inc()
-            await self.close()  # as for a room that does not exist: HTTP 403, nothing sent
-            return
         self.group = protocol.group_name(self.room)
         self.bucket = TokenBucket(settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
-        # Join before reading the backlog, so that nothing sent in between is missed.
+        # Join before checking who may enter, and before reading the backlog:
+        # a removal that commits after the check is then announced to this
+        # connection too (chat.access), and nothing sent in between is missed.
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
         except Exception:
@@ -279,6 +276,15 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             metrics.refused_for_channel_layer.inc()
             del self.group
             await self.close()
+            return
+        self.guest_name, refusal = await admit(self.room, self.user, self.scope.get("session"), self.address)
+        if refusal is not None:
+            refusal.inc()
+            try:
+                await self.leave_groups()
+            except Exception as error:  # the layer forgets the channel when it expires
+                logger.warning("Could not leave room %r's group after a refusal: %r", self.room, error)
+            await self.close()  # as for a room that does not exist: HTTP 403, nothing sent
             return
         await self.accept()
         metrics.websockets_open.inc()
@@ -321,8 +327,12 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         if self.present_as is not None:
             self.presence.leave(self.group, self.present_as)
             self.present_as = None
+        await self.leave_groups()
+
+    async def leave_groups(self):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            del self.group
 
     async def receive(self, text_data=None, bytes_data=None):
         if text_data is None:
