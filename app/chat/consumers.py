@@ -427,11 +427,12 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 self.shut_out = True
                 await self.close(code=protocol.CLOSE_NO_ACCESS)
             return
-        if incoming.client_id is not None:
-            await self.send(text_data=protocol.ack(incoming.client_id, message, duplicate=not created))
         # A resend of a message already stored is broadcast again: the server
         # that stored it may have stopped before broadcasting it (a restart),
-        # and clients that have it drop the second copy by its id.
+        # and clients that have it drop the second copy by its id. The ack
+        # comes after the broadcast, so that a message acknowledged is one the
+        # room got: stopped in between, the sender resends and that resend
+        # broadcasts it.
         if created:
             self.room_name = message.room_name
             metrics.messages_stored.inc()
@@ -452,14 +453,17 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         except Exception:
             logger.exception("Could not broadcast message %s in room %r", message.id, self.room)
             metrics.broadcast_failures.inc()
+            # No ack: the sender sends it again later (stored once), and that broadcasts it.
             await self.send_error(
                 "The message was saved but could not be delivered live; it will appear when clients resync.",
                 protocol.BROADCAST_FAILED,
                 incoming.client_id,
             )
             resync_group_later(self.channel_layer, self.group)
-        else:
-            metrics.messages_broadcast.inc()
+            return
+        metrics.messages_broadcast.inc()
+        if incoming.client_id is not None:
+            await self.send(text_data=protocol.ack(incoming.client_id, message, duplicate=not created))
 
     def rate_key(self):
         """Whose budget a message comes out of: the account's, the guest session's, or the address's."""
