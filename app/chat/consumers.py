@@ -291,7 +291,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         except Exception:
             logger.exception("Refused a client of room %r: could not join its channel-layer group", self.room)
             metrics.refused_for_channel_layer.inc()
-            await self.leave_groups_quietly()
+            del self.group  # the layer is failing: the channel's clean-up (chat.dispatch) lets go of what it holds
             await self.close()
             return
         # Channels' websocket_disconnect (or chat.dispatch's clean-up) leaves it.
