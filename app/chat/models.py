@@ -42,7 +42,9 @@ class Room(models.Model):
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="private_rooms")
     # Moves on with every change that may take someone's access away (chat.access): a connection
     # checks again who may enter when it sees a number other than the one it last checked at.
-    access_version = models.PositiveBigIntegerField(default=0, editable=False)
+    # A default in the database too: app servers of the release before, during a rolling deploy,
+    # create rooms without it.
+    access_version = models.PositiveBigIntegerField(default=0, db_default=0, editable=False)
 
     def __str__(self):
         return self.name

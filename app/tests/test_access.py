@@ -219,3 +219,12 @@ async def test_access_lost_without_its_notice_is_refused_at_the_next_post_or_pag
     why = frames[-1]  # a post refused for a ban gets the usual banned frame, for its client_id
     assert why["code"] in ("no_access", "banned") and why.get("client_id") == frame.get("client_id"), frames
     assert await stored_in("secret") == ["for members only"]  # wrote nothing
+
+
+def test_a_room_created_by_an_app_server_of_the_release_before_gets_an_access_version():
+    """During a rolling deploy the servers not yet upgraded insert rooms without the column the migration added."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO chat_room (name, key, last_seq, private) VALUES ('hall', 'hall', 0, false)")
+    assert Room.objects.get(key="hall").access_version == 0
