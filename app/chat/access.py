@@ -30,7 +30,7 @@ from django.db import transaction
 from django.db.models import F
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 
-from . import metrics
+from . import metrics, protocol
 from .models import Restriction, Room
 
 logger = logging.getLogger(__name__)
@@ -150,12 +150,12 @@ def send_notice(group, event):
 
 
 def room_notice(room_key):
-    from .protocol import group_name
-
-    return {"rooms": [room_key], "notice": {"type": "chat.access"}, "group": group_name(room_key)}
+    """taken_away()'s arguments for a change to one room: its connections all check again."""
+    return {"rooms": [room_key], "notice": {"type": "chat.access"}, "group": protocol.group_name(room_key)}
 
 
 def person_notice(**who):
+    """taken_away()'s arguments for a change to one person: every room; only that person's connections check."""
     return {"rooms": None, "notice": {"type": "chat.access", **who}, "group": ACCESS_GROUP}
 
 
