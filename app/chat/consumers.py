@@ -13,7 +13,7 @@ from django.db import DatabaseError
 
 from accounts.models import NameKey
 
-from . import metrics, names, presence, protocol
+from . import access, metrics, names, presence, protocol
 from .dispatch import RelayDispatchMixin
 from .models import Message, Restriction, Room, is_moderator
 from .ratelimit import TokenBucket, shared_limiter
@@ -39,9 +39,14 @@ class Page:
     room_name: str | None  # the room's shown name (None: the room has no row, so no messages)
 
 
-def room_seq_and_name(room):
-    """The room's last seq and its shown name, by its key."""
-    return Room.objects.filter(key=room).values_list("last_seq", "name").first() or (0, None)
+def room_seq_and_name(room, connection_access=None):
+    """The room's last seq and its shown name, by its key, once the connection (when given) still has access."""
+    seq, name, version = (
+        Room.objects.filter(key=room).values_list("last_seq", "name", "access_version").first() or (0, None, None)
+    )
+    if connection_access is not None:
+        connection_access.still_allowed(version)
+    return seq, name
 
 
 def latest_id(room):
@@ -49,13 +54,14 @@ def latest_id(room):
 
 
 @database_sync_to_async
-def read_after(room, cursor):
+def read_after(room, cursor, connection_access=None):
     """The room's next CHAT_RESYNC_LIMIT messages after id `cursor`, oldest first.
 
     The room's seq is read first: every message numbered up to it was
     committed before the messages are read, so none of them is missed.
+    Raises access.Lost when the connection may no longer read the room.
     """
-    seq, name = room_seq_and_name(room)
+    seq, name = room_seq_and_name(room, connection_access)
     latest = latest_id(room)  # before the rows too: see Page.latest
     limit = settings.CHAT_RESYNC_LIMIT
     rows = list(Message.objects.filter(room=room, id__gt=cursor, deleted=None).order_by("id")[: limit + 1])
@@ -65,9 +71,9 @@ def read_after(room, cursor):
 
 
 @database_sync_to_async
-def read_before(room, cursor):
-    """The CHAT_HISTORY_LIMIT messages before id `cursor` (None: the latest), oldest first."""
-    seq, name = room_seq_and_name(room)
+def read_before(room, cursor, connection_access=None):
+    """The CHAT_HISTORY_LIMIT messages before id `cursor` (None: the latest), oldest first; may raise access.Lost."""
+    seq, name = room_seq_and_name(room, connection_access)
     latest = latest_id(room) if cursor is None else 0  # before the rows: see Page.latest
     limit = settings.CHAT_HISTORY_LIMIT
     messages = Message.objects.filter(room=room, deleted=None)
@@ -80,18 +86,21 @@ def read_before(room, cursor):
 
 
 @database_sync_to_async
-def store(room, incoming, name, account, address):
+def store(room, incoming, name, account, address, connection_access):
     """Stores the message in `room` (a room name) unless a mute or ban stops its sender.
 
-    Returns (message, created, None) or (None, False, restriction). One call
-    to the database thread for both: Channels runs every database call of a
-    process on one thread, and a post is the chat's commonest one.
+    Returns (message, created, None) or (None, False, restriction); raises
+    access.Lost when the sender may no longer be in the room (checked under
+    the room's lock, when its access version moved). One call to the
+    database thread for all: Channels runs every database call of a process
+    on one thread, and a post is the chat's commonest one.
     """
     found = Restriction.applying(account, name, address, protocol.room_key(room))
     if found is not None:
         return None, False, found
     message, created = Message.objects.post(
-        room, name, incoming.text, incoming.client_id, author=account, guest=account is None
+        room, name, incoming.text, incoming.client_id, author=account, guest=account is None,
+        admits=connection_access.admits,
     )
     return message, created, None
 
@@ -113,24 +122,19 @@ GUEST_NAME_KEY = "chat_guest_name"
 
 
 @database_sync_to_async
-def admit(room, user, session, address):
-    """A handshake's checks, in one call to the database thread: (the guest's held nickname, refusal or None).
+def admit(connection_access, session):
+    """A handshake's checks, in one call to the database thread: an access.Refusal, or None.
 
-    The refusal is the metric to count: a ban (the account, or a guest's
-    nickname or address), or a private room (of key `room`) this user is not in.
+    A guest's nickname held in the session is the connection's from here on.
     """
-    account = user if user.is_authenticated else None
-    guest_name = session.get(GUEST_NAME_KEY) if account is None and session is not None else None
-    if Restriction.applying(account, guest_name, address) is not None:
-        return guest_name, metrics.refused_for_ban
-    if not Room.may_user_enter(room, user):
-        return guest_name, metrics.refused_for_private_room
-    return guest_name, None
+    if not connection_access.user.is_authenticated and session is not None:
+        connection_access.guest_name = session.get(GUEST_NAME_KEY)
+    return connection_access.check()
 
 
 @database_sync_to_async
-def may_enter(room, user):
-    return Room.may_user_enter(room, user)
+def check_access(connection_access):
+    return connection_access.check()
 
 
 def as_now(account):
@@ -223,6 +227,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     """
 
     counted_open = False  # whether chat_websockets_open counts this websocket
+    shut_out = False  # closed for a loss of access: nothing more is sent or done
+    access = None  # access.Access: who this connection is, and when its access was last checked
     last_id = 0  # the id of the last message sent to this client
     last_seq = 0  # the room seq this client has every message up to
     behind = False  # paging through a resync: live messages come from the database
@@ -230,7 +236,6 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     gap_task = None
     account = None  # the signed-in user (from the session), or None for a guest
     present_as = None  # (name, guest) this connection counts as in the room's presence
-    guest_name = None  # a guest's nickname, held for the connection and its session
     room = None  # the room's key (protocol.room_key): /ws/chat/Lobby/ and /ws/chat/lobby/ are one room
     room_name = None  # the room's shown name, its frames' "room"
 
@@ -244,6 +249,15 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 metrics.websockets_open.dec()
             if self.gap_task is not None:
                 self.gap_task.cancel()
+
+    @property
+    def guest_name(self):
+        """A guest's nickname, held for the connection and its session (and checked against bans)."""
+        return self.access.guest_name if self.access is not None else None
+
+    @guest_name.setter
+    def guest_name(self, name):
+        self.access.guest_name = name
 
     async def connect(self):
         asked = self.scope["url_route"]["kwargs"]["room_name"]
@@ -264,21 +278,29 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.close()  # sign in to enter
             return
         self.address = (self.scope.get("client") or [None])[0]
-        self.guest_name, refusal = await admit(self.room, self.user, self.scope.get("session"), self.address)
-        if refusal is not None:
-            refusal.inc()
-            await self.close()  # as for a room that does not exist: HTTP 403, nothing sent
-            return
+        self.access = access.Access(self.room, user, self.address)
         self.group = protocol.group_name(self.room)
         self.bucket = TokenBucket(settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
-        # Join before reading the backlog, so that nothing sent in between is missed.
+        # Join before checking who may enter, and before reading the backlog:
+        # a removal or a ban that commits after the check is then announced
+        # to this connection too (chat.access), and nothing sent in between
+        # is missed.
         try:
             await self.channel_layer.group_add(self.group, self.channel_name)
+            await self.channel_layer.group_add(access.ACCESS_GROUP, self.channel_name)
         except Exception:
             logger.exception("Refused a client of room %r: could not join its channel-layer group", self.room)
             metrics.refused_for_channel_layer.inc()
-            del self.group
+            del self.group  # the layer is failing: the channel's clean-up (chat.dispatch) lets go of what it holds
             await self.close()
+            return
+        # Channels' websocket_disconnect (or chat.dispatch's clean-up) leaves it.
+        self.groups = [*self.groups, access.ACCESS_GROUP]
+        refusal = await admit(self.access, self.scope.get("session"))
+        if refusal is not None:
+            refusal.count_at_handshake()
+            await self.leave_groups_quietly()
+            await self.close()  # as for a room that does not exist: HTTP 403, nothing sent
             return
         await self.accept()
         metrics.websockets_open.inc()
@@ -289,7 +311,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.send_error(str(error), error.code)
             since = None
         if since is None:
-            page = await read_before(self.room, None)
+            page = await read_before(self.room, None, self.access)
             await self.send_page(page, "history", asked=False)
             self.advance(page, more=False)
         else:
@@ -321,8 +343,22 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         if self.present_as is not None:
             self.presence.leave(self.group, self.present_as)
             self.present_as = None
+        await self.leave_groups()
+
+    async def leave_groups(self):
         if hasattr(self, "group"):
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            del self.group
+
+    async def leave_groups_quietly(self):
+        """Leaves the groups of a handshake that was refused; a failure is only logged (a group forgets with time)."""
+        try:
+            for group in {*self.groups, access.ACCESS_GROUP}:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups = []
+            await self.leave_groups()
+        except Exception as error:
+            logger.warning("Could not leave room %r's groups after a refusal: %r", self.room, error)
 
     async def receive(self, text_data=None, bytes_data=None):
         if text_data is None:
@@ -337,7 +373,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             if incoming.direction == "since":
                 await self.resync(incoming.cursor)
             else:
-                await self.send_page(await read_before(self.room, incoming.cursor), "older")
+                await self.send_page(await read_before(self.room, incoming.cursor, self.access), "older")
             return
         if isinstance(incoming, protocol.DeleteRequest):
             await self.delete(incoming.message_id)
@@ -364,7 +400,12 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.send_error(str(error), error.code, incoming.client_id)
             return
         try:
-            message, created, found = await store(self.room_name, incoming, name, self.account, self.address)
+            message, created, found = await store(
+                self.room_name, incoming, name, self.account, self.address, self.access
+            )
+        except access.Lost as lost:
+            await self.close_for(lost.refusal, incoming.client_id)
+            return
         except DatabaseError as error:
             logger.error("Could not store a message in room %r: %s", self.room, error)
             metrics.store_failures.inc()
@@ -382,12 +423,16 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 protocol.BANNED if banned else protocol.MUTED,
                 incoming.client_id,
             )
+            if banned:  # the banned frame says why
+                self.shut_out = True
+                await self.close(code=protocol.CLOSE_NO_ACCESS)
             return
-        if incoming.client_id is not None:
-            await self.send(text_data=protocol.ack(incoming.client_id, message, duplicate=not created))
         # A resend of a message already stored is broadcast again: the server
         # that stored it may have stopped before broadcasting it (a restart),
-        # and clients that have it drop the second copy by its id.
+        # and clients that have it drop the second copy by its id. The ack
+        # comes after the broadcast, so that a message acknowledged is one the
+        # room got: stopped in between, the sender resends and that resend
+        # broadcasts it.
         if created:
             self.room_name = message.room_name
             metrics.messages_stored.inc()
@@ -408,14 +453,17 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         except Exception:
             logger.exception("Could not broadcast message %s in room %r", message.id, self.room)
             metrics.broadcast_failures.inc()
+            # No ack: the sender sends it again later (stored once), and that broadcasts it.
             await self.send_error(
                 "The message was saved but could not be delivered live; it will appear when clients resync.",
                 protocol.BROADCAST_FAILED,
                 incoming.client_id,
             )
             resync_group_later(self.channel_layer, self.group)
-        else:
-            metrics.messages_broadcast.inc()
+            return
+        metrics.messages_broadcast.inc()
+        if incoming.client_id is not None:
+            await self.send(text_data=protocol.ack(incoming.client_id, message, duplicate=not created))
 
     def rate_key(self):
         """Whose budget a message comes out of: the account's, the guest session's, or the address's."""
@@ -484,9 +532,19 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         await self.send(text_data=protocol.restricted(restriction, name, guest))
 
     async def chat_access(self, event):
-        """The room's access changed (made private, a member removed): leave if this client may no longer see it."""
-        if not await may_enter(self.room, self.user):
-            await self.close(code=4403)
+        """Access was taken away from someone: in this room (a member removed, made private), or from one person
+        (a ban, an account closed; ACCESS_GROUP). Leaves, saying why, if this client may no longer be here."""
+        if any(key in event for key in ("account", "guest_name", "address")) and not self.access.concerned_by(event):
+            return
+        refusal = await check_access(self.access)
+        if refusal is not None:
+            await self.close_for(refusal)
+
+    async def close_for(self, refusal, client_id=None):
+        """Closes with 4403 a connection whose access is gone, after a no_access frame saying why."""
+        self.shut_out = True
+        await self.send_error(refusal.text, protocol.NO_ACCESS, client_id, reason=refusal.reason)
+        await self.close(code=protocol.CLOSE_NO_ACCESS)
 
     async def chat_presence(self, event):
         await self.send(text_data=json.dumps({"presence": event["presence"], "anonymous": event["anonymous"]}))
@@ -494,10 +552,10 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     async def chat_deleted(self, event):
         await self.send(text_data=protocol.deleted(event["id"]))
 
-    async def send_error(self, text, code, client_id=None):
-        """Tells this client alone that the chat refused something; the connection stays open."""
+    async def send_error(self, text, code, client_id=None, **fields):
+        """Tells this client alone that the chat refused something; the connection stays open (but for no_access)."""
         metrics.error_frames_by_code[code].inc()
-        await self.send(text_data=protocol.error(text, code, client_id))
+        await self.send(text_data=protocol.error(text, code, client_id, **fields))
 
     async def send_page(self, page, kind, asked=True):
         """Sends a page of messages and the frame that ends it.
@@ -516,7 +574,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
 
     async def resync(self, since, asked=True):
         """Sends the page after `since`; live messages wait while more pages follow."""
-        page = await read_after(self.room, since)
+        page = await read_after(self.room, since, self.access)
         await self.send_page(page, "resync", asked)
         self.advance(page, page.more)
         self.behind = page.more
@@ -533,6 +591,14 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             self.held = {seq: event for seq, event in self.held.items() if seq > self.last_seq} or None
 
     async def dispatch(self, message):
+        if self.shut_out and message["type"] != "websocket.disconnect":
+            return  # closed for a loss of access: not one more frame
+        try:
+            await self.dispatch_to_handler(message)
+        except access.Lost as lost:  # found by a page read: the backlog, since, before, a catch-up
+            await self.close_for(lost.refusal)
+
+    async def dispatch_to_handler(self, message):
         # Channels runs close_old_connections() in a worker thread before
         # every handler. chat.message, the one sent to every client in the
         # room, never touches the database (store() and the reads close
@@ -620,7 +686,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
 
     async def catch_up(self, counter):
         counter.inc()
-        page = await read_after(self.room, self.last_id)
+        page = await read_after(self.room, self.last_id, self.access)
         self.room_name = page.room_name or self.room_name
         for message in page.messages:
             await self.send(text_data=protocol.outgoing(message, room=self.room_name))

@@ -31,6 +31,7 @@ refused_for_channel_layer = handshakes_refused.labels(reason="channel_layer")  #
 refused_for_sign_in = handshakes_refused.labels(reason="sign_in")  # a guest, and CHAT_GUESTS is off
 refused_for_ban = handshakes_refused.labels(reason="banned")  # banned from the site
 refused_for_private_room = handshakes_refused.labels(reason="private")  # not a member of a private room
+refused_for_account = handshakes_refused.labels(reason="account")  # the account was deactivated or deleted
 refused_for_overload = handshakes_refused.labels(reason="busy")  # CHAT_HANDSHAKES_IN_FLIGHT others in progress
 handshakes_in_flight = Gauge("chat_handshakes_in_flight", "Websocket handshakes in progress in this process.")
 

@@ -40,6 +40,11 @@ class Room(models.Model):
         default=False, help_text="Only its members, its creator and staff see it: to anyone else it does not exist."
     )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="private_rooms")
+    # Moves on with every change that may take someone's access away (chat.access): a connection
+    # checks again who may enter when it sees a number other than the one it last checked at.
+    # A default in the database too: app servers of the release before, during a rolling deploy,
+    # create rooms without it.
+    access_version = models.PositiveBigIntegerField(default=0, db_default=0, editable=False)
 
     def __str__(self):
         return self.name
@@ -79,16 +84,20 @@ class Room(models.Model):
 
 
 class MessageManager(models.Manager):
-    def post(self, room, user, text, client_id=None, author=None, guest=False):
+    def post(self, room, user, text, client_id=None, author=None, guest=False, admits=None):
         """Stores a message in room `room` (a room name, in any case or width) in its order; returns (message, created).
 
         With a client_id, a message the same sender already posted with it is
         returned instead of stored again (created is False): a client may
         resend until it sees its ack. The message's room_name is the room's
-        shown name (Room.name), for its frame.
+        shown name (Room.name), for its frame. `admits`, when given, is called
+        with the room's locked row before anything is written, and refuses
+        the message by raising.
         """
         with transaction.atomic():
             room_row, _ = Room.objects.select_for_update().get_or_create(**Room.named(room, created_by=author))
+            if admits is not None:
+                admits(room_row)
             key = room_row.key
             if client_id is not None:
                 earlier = self.filter(room=key, user=user, client_id=client_id).first()

@@ -48,6 +48,7 @@ MUTED = "muted"
 BANNED = "banned"
 NOT_ALLOWED = "not_allowed"
 NOT_FOUND = "not_found"
+NO_ACCESS = "no_access"
 ERROR_CODES = (
     MALFORMED_JSON,
     NOT_AN_OBJECT,
@@ -69,7 +70,11 @@ ERROR_CODES = (
     BANNED,
     NOT_ALLOWED,
     NOT_FOUND,
+    NO_ACCESS,
 )
+# The close code of a connection whose user may no longer be in its room; a
+# no_access error frame says why just before it.
+CLOSE_NO_ACCESS = 4403
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # What a name or a message may not hold: NUL and the other C0 controls but tab
@@ -334,9 +339,9 @@ def deleted(message_id):
     return json.dumps({"deleted": message_id})
 
 
-def error(text, code, client_id=None):
+def error(text, code, client_id=None, **fields):
     """The frame that tells one client why the chat refused something: a text for people, a code for programs."""
-    payload = {"error": text, "code": code}
+    payload = {"error": text, "code": code, **fields}
     if client_id is not None:
         payload["client_id"] = client_id
     return json.dumps(payload)

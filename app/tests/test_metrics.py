@@ -85,7 +85,7 @@ async def test_a_websocket_whose_consumer_fails_stops_counting_as_open(settings,
     # BZPOPMIN to end, and the failure is the consumer's, not the layer's.
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-    async def read_before(room, cursor):
+    async def read_before(room, cursor, connection_access=None):
         raise RuntimeError("the database is gone")
 
     monkeypatch.setattr(consumers, "read_before", read_before)

@@ -13,6 +13,7 @@ from chat.models import Message, ModerationLog, Restriction
 from chatsite.asgi import application
 
 from .test_consumer import ORIGIN, joined, receive
+from .test_access import closed_for
 from .test_identity import as_user, signed_in_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -165,8 +166,11 @@ async def test_a_moderator_bans_a_guest_by_nickname_until_lifted(channel_layer):
         await receive(mod)
         await mod.send_json_to({"ban": "troll"})
         assert await receive(mod) == {"restricted": "ban", "user": "troll", "guest": True, "room": None, "until": None}
-        await guest.send_json_to({"message": "more spam", "user": "troll"})
-        assert (await receive(guest))["code"] == "banned"
+        assert (await closed_for(guest))[1] == 4403  # at once (test_access.py)
+    async with joined("/ws/chat/kitchen/") as again:  # a ban is from every room
+        await again.send_json_to({"message": "more spam", "user": "troll"})
+        assert (await receive(again))["code"] == "banned"
+        assert (await again.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
     await mod.disconnect()
     restriction = await database_sync_to_async(Restriction.objects.get)()
     assert (restriction.kind, restriction.guest_name, restriction.room, restriction.until) == ("ban", "troll", "", None)

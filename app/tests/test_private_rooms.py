@@ -1,11 +1,15 @@
 """Private rooms: only members, the creator and staff see them; to anyone else they do not exist."""
 
+import json
+
 import pytest
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from chat import consumers, protocol
 from chat.models import Room
 from chatsite.asgi import application
 
@@ -79,4 +83,59 @@ async def test_a_member_removed_is_disconnected(channel_layer):
     bob = as_user("/ws/chat/secret/", await database_sync_to_async(session_cookie)("bob"))
     assert (await bob.connect(timeout=5))[0]
     await database_sync_to_async(owner.post)("/chat/secret/settings/", {"private": "on", "members": ""})
-    assert (await bob.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
+    frames, code = await closed_for_access(bob)
+    assert code == 4403
+    assert [(frame["code"], frame["reason"]) for frame in frames] == [("no_access", "private")]  # why, first
+
+
+async def closed_for_access(client):
+    """Everything the client gets until its websocket closes: (the frames, the close code)."""
+    frames = []
+    while True:
+        try:
+            output = await client.receive_output(timeout=5)
+        except TimeoutError:
+            raise AssertionError(f"still connected 5 s on, having read {frames}") from None
+        if output["type"] == "websocket.close":
+            return frames, output.get("code")
+        frames.append(json.loads(output["text"]))
+
+
+async def test_a_member_removed_just_after_the_handshake_checked_membership_is_disconnected(channel_layer, monkeypatch):
+    """The removal commits (and its notice goes out) between the membership check and the group join, or after both."""
+    await database_sync_to_async(signed_in_client)("bob")
+    owner = await database_sync_to_async(make_private)("ann", "secret", "bob")
+    checked = consumers.admit
+
+    async def removed_once_checked(*args):
+        answer = await checked(*args)
+        await database_sync_to_async(owner.post)("/chat/secret/settings/", {"private": "on", "members": ""})
+        return answer
+
+    monkeypatch.setattr(consumers, "admit", removed_once_checked)
+    bob = as_user("/ws/chat/secret/", await database_sync_to_async(session_cookie)("bob"))
+    connected, code = await bob.connect(timeout=5)
+    if connected:
+        frames, code = await closed_for_access(bob)
+        assert not [frame for frame in frames if "id" in frame], frames  # read nothing
+        assert code == 4403
+
+
+async def test_a_member_removed_just_before_the_handshake_joins_the_room_is_refused(channel_layer, monkeypatch):
+    await database_sync_to_async(signed_in_client)("bob")
+    owner = await database_sync_to_async(make_private)("ann", "secret", "bob")
+    layer = get_channel_layer()
+    joining = layer.group_add
+
+    async def removed_then_joined(group, channel):
+        if group == protocol.group_name("secret"):
+            await database_sync_to_async(owner.post)("/chat/secret/settings/", {"private": "on", "members": ""})
+        await joining(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", removed_then_joined)
+    bob = as_user("/ws/chat/secret/", await database_sync_to_async(session_cookie)("bob"))
+    connected, code = await bob.connect(timeout=5)
+    if connected:
+        frames, code = await closed_for_access(bob)
+        assert not [frame for frame in frames if "id" in frame], frames
+        assert code == 4403

@@ -81,6 +81,8 @@ const REFUSALS = {
   banned: gettext("You are banned from this chat; the message was not sent."),
   not_allowed: gettext("Only its author or a moderator may delete a message."),
   not_found: gettext("That message is no longer there."),
+  // Followed by the close (4403), which says the same.
+  no_access: gettext("You no longer have access to this room."),
 };
 // not_allowed, when what was refused is a mute.
 const MUTE_NOT_ALLOWED = gettext("Moderators and staff cannot be muted or banned from the chat.");
