@@ -673,7 +673,10 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             # The layer is down: when it is back, chat.resync does the same.
             logger.warning("Could not wake connection %s to fill a gap: %s", self.channel_name, error)
         finally:
-            self.gap_task = None
+            # Cancelled (the gap was filled), this wait may already have been
+            # followed by a newer one: that one stays.
+            if self.gap_task is asyncio.current_task():
+                self.gap_task = None
 
     async def chat_gap(self, event):
         if self.held and not self.behind:

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import connection
 
 from chat import consumers, protocol
@@ -225,3 +225,49 @@ async def test_a_message_stored_but_never_broadcast_reaches_the_others_at_their_
     async with joined(f"/ws/chat/lobby/?since={seen}") as back, joined("/ws/chat/lobby/") as new:
         assert (await receive(back))["id"] == lost
         assert [(await receive(new))["id"] for _ in range(2)] == [seen, lost]
+
+
+
+async def test_a_cancelled_gap_wait_does_not_clear_the_one_started_after_it(monkeypatch):
+    """A gap filled while its wait is waking the connection cancels that wait; the cancelled wait's clean-up
+    must leave the wait started after it in place.
+
+    Otherwise the next gap starts a second wait beside the one still running (a stray timer), and each of
+    them wakes the connection to read the database. The layer's send is held open here, as a slow Redis
+    holds it, so that the first wait is cancelled in it.
+    """
+    monkeypatch.setattr(consumers, "GAP_WAIT_SECONDS", 0.01)
+    consumer = consumers.ChatConsumer()
+    layer = consumer.channel_layer = InMemoryChannelLayer()
+    consumer.channel_name = await layer.new_channel()
+    layer_answers = asyncio.Event()
+    real_send = layer.send
+
+    async def slow_send(channel, message):
+        await layer_answers.wait()
+        await real_send(channel, message)
+
+    layer.send = slow_send
+    sent = []
+
+    async def base_send(message):
+        sent.append(message)
+
+    consumer.base_send = base_send
+    consumer.last_id = consumer.last_seq = 1
+    frame = {"type": "chat.message", "text": "{}"}
+    await consumer.chat_message({**frame, "id": 3, "seq": 3})  # 2 is missing: a wait starts
+    first_wait = consumer.gap_task
+    await asyncio.sleep(0.1)  # it is waking the connection, in the layer's send
+    await consumer.chat_message({**frame, "id": 2, "seq": 2})  # 2 came after all: the wait is cancelled
+    assert first_wait.cancelling()
+    await consumer.chat_message({**frame, "id": 5, "seq": 5})  # 4 is missing: a new wait
+    second_wait = consumer.gap_task
+    assert second_wait is not None and second_wait is not first_wait
+    await asyncio.sleep(0)  # the cancelled wait runs its clean-up
+    assert first_wait.done()
+    assert consumer.gap_task is second_wait
+    await consumer.chat_message({**frame, "id": 7, "seq": 7})  # a further gap: still the one wait
+    assert consumer.gap_task is second_wait
+    second_wait.cancel()
+    assert len(sent) == 2  # 2 and 3 went out; 5 and 7 are held
