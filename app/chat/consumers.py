@@ -422,6 +422,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 f"{until_text(found)}; the message was not sent.",
                 protocol.BANNED if banned else protocol.MUTED,
                 incoming.client_id,
+                until=protocol.until(found),  # the page shows it from here, in local time; the text is as before
             )
             if banned:  # the banned frame says why
                 self.shut_out = True

@@ -252,11 +252,16 @@ def parse_restrict(kind, data):
     return RestrictRequest(kind, name.strip(), minutes, reason.strip())
 
 
+def until(restriction):
+    """When a mute or ban ends, for a frame's "until": ISO 8601 in UTC, or None (until lifted)."""
+    return restriction.until.isoformat() if restriction.until else None
+
+
 def restricted(restriction, name, guest):
     """The frame that confirms a mute or ban to the moderator who asked for it."""
-    until = restriction.until.isoformat() if restriction.until else None
     return json.dumps(
-        {"restricted": restriction.kind, "user": name, "guest": guest, "room": restriction.room or None, "until": until},
+        {"restricted": restriction.kind, "user": name, "guest": guest, "room": restriction.room or None,
+         "until": until(restriction)},
         ensure_ascii=False,
     )
 

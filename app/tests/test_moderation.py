@@ -103,6 +103,8 @@ async def test_a_muted_user_reads_but_may_not_post_in_that_room_until_the_mute_e
     await ann.send_json_to({"message": "let me speak", "client_id": "m1"})
     refused = await receive(ann)
     assert refused["code"] == "muted" and refused["client_id"] == "m1" and "until" in refused["error"]
+    # The end as a field (ISO 8601, UTC) for programs; the text, for people, names it too.
+    assert datetime.fromisoformat(refused["until"]) == mute.until
     elsewhere = await connect("/ws/chat/kitchen/", cookie)
     await elsewhere.send_json_to({"message": "fine here"})
     assert (await receive(elsewhere))["message"] == "fine here"
@@ -169,7 +171,8 @@ async def test_a_moderator_bans_a_guest_by_nickname_until_lifted(channel_layer):
         assert (await closed_for(guest))[1] == 4403  # at once (test_access.py)
     async with joined("/ws/chat/kitchen/") as again:  # a ban is from every room
         await again.send_json_to({"message": "more spam", "user": "troll"})
-        assert (await receive(again))["code"] == "banned"
+        refused = await receive(again)
+        assert (refused["code"], refused["until"]) == ("banned", None)  # until lifted
         assert (await again.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4403}
     await mod.disconnect()
     restriction = await database_sync_to_async(Restriction.objects.get)()
@@ -222,3 +225,13 @@ def test_the_admin_deletes_messages_for_everyone_and_logs_it(admin_client):
     assert message.deleted is not None
     entry = ModerationLog.objects.get()
     assert (entry.actor.username, entry.action, entry.target) == ("admin", "delete message", f"#{message.pk} by ann")
+
+
+async def test_a_guest_banned_for_a_time_is_told_its_end_as_a_field(channel_layer):
+    ban = await restrict(Restriction.BAN, guest_name="troll", until=timezone.now() + timedelta(minutes=30))
+    async with joined("/ws/chat/lobby/") as guest:
+        await guest.send_json_to({"message": "hello", "user": "troll", "client_id": "b1"})
+        refused = await receive(guest)
+    assert (refused["code"], refused["client_id"]) == ("banned", "b1")
+    assert datetime.fromisoformat(refused["until"]) == ban.until
+    assert f"until {ban.until:%Y-%m-%d %H:%M} UTC" in refused["error"]  # for first-version clients, as before

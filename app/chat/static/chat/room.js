@@ -93,10 +93,9 @@ const UNTIL = {
 
 // The text to show for an error frame.
 function refusalText(frame) {
-  // A mute or ban for a time names its end, in UTC: shown in local time.
-  const until = /until (\d{4}-\d\d-\d\d) (\d\d:\d\d) UTC/.exec(frame.error);
-  if (until && UNTIL[frame.code]) {
-    const when = new Date(`${until[1]}T${until[2]}:00Z`);
+  // A mute or ban for a time says when it ends ("until", ISO 8601): shown in local time.
+  if (typeof frame.until === "string" && UNTIL[frame.code]) {
+    const when = new Date(frame.until);
     return format(UNTIL[frame.code], { until: when.toLocaleString(LOCALE, { dateStyle: "medium", timeStyle: "short" }) });
   }
   return Object.hasOwn(REFUSALS, frame.code) ? REFUSALS[frame.code] : frame.error;
