@@ -281,6 +281,11 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         self.access = access.Access(self.room, user, self.address)
         self.group = protocol.group_name(self.room)
         self.bucket = TokenBucket(settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
+        # Page and moderation requests read the database too, on the process's one database thread: each
+        # connection has a budget of its own for them. Handlers run one at a time per connection
+        # (dispatch.py), so a connection also has at most one such read in flight; the rest of its frames wait.
+        self.page_bucket = TokenBucket(settings.CHAT_PAGE_RATE_PER_SECOND, settings.CHAT_PAGE_BURST)
+        self.moderation_bucket = TokenBucket(settings.CHAT_MODERATION_RATE_PER_SECOND, settings.CHAT_MODERATION_BURST)
         # Join before checking who may enter, and before reading the backlog:
         # a removal or a ban that commits after the check is then announced
         # to this connection too (chat.access), and nothing sent in between
@@ -370,16 +375,27 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.send_error(str(error), error.code, error.client_id)
             return
         if isinstance(incoming, protocol.PageRequest):
-            if incoming.direction == "since":
+            if not self.page_bucket.take():
+                # Nothing read; the frame says which request to send again, and when.
+                await self.refuse_over_budget(
+                    self.page_bucket, "page requests", settings.CHAT_PAGE_RATE_PER_SECOND,
+                    settings.CHAT_PAGE_BURST, protocol.PAGE_RATE_LIMITED, **{incoming.direction: incoming.cursor},
+                )
+            elif incoming.direction == "since":
                 await self.resync(incoming.cursor)
             else:
                 await self.send_page(await read_before(self.room, incoming.cursor, self.access), "older")
             return
-        if isinstance(incoming, protocol.DeleteRequest):
-            await self.delete(incoming.message_id)
-            return
-        if isinstance(incoming, protocol.RestrictRequest):
-            await self.restrict(incoming)
+        if isinstance(incoming, (protocol.DeleteRequest, protocol.RestrictRequest)):
+            if not self.moderation_bucket.take():
+                await self.refuse_over_budget(
+                    self.moderation_bucket, "deletions, mutes and bans", settings.CHAT_MODERATION_RATE_PER_SECOND,
+                    settings.CHAT_MODERATION_BURST, protocol.MODERATION_RATE_LIMITED,
+                )
+            elif isinstance(incoming, protocol.DeleteRequest):
+                await self.delete(incoming.message_id)
+            else:
+                await self.restrict(incoming)
             return
         metrics.messages_received.inc()
         # The budget first: everything after it reads the database.
@@ -465,6 +481,14 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         metrics.messages_broadcast.inc()
         if incoming.client_id is not None:
             await self.send(text_data=protocol.ack(incoming.client_id, message, duplicate=not created))
+
+    async def refuse_over_budget(self, bucket, what, rate, burst, code, **request):
+        """Refuses a request over its budget, saying when the next one may come ("retry_after", in seconds)."""
+        retry_after = max(round(bucket.seconds_to_next(), 2), 0.01)
+        await self.send_error(
+            f"Too many {what}: at most {rate:g} a second (bursts of {burst}). Ask again in {retry_after:g} s.",
+            code, retry_after=retry_after, **request,
+        )
 
     def rate_key(self):
         """Whose budget a message comes out of: the account's, the guest session's, or the address's."""

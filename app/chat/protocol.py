@@ -49,6 +49,8 @@ BANNED = "banned"
 NOT_ALLOWED = "not_allowed"
 NOT_FOUND = "not_found"
 NO_ACCESS = "no_access"
+PAGE_RATE_LIMITED = "page_rate_limited"
+MODERATION_RATE_LIMITED = "moderation_rate_limited"
 ERROR_CODES = (
     MALFORMED_JSON,
     NOT_AN_OBJECT,
@@ -71,6 +73,8 @@ ERROR_CODES = (
     NOT_ALLOWED,
     NOT_FOUND,
     NO_ACCESS,
+    PAGE_RATE_LIMITED,
+    MODERATION_RATE_LIMITED,
 )
 # The close code of a connection whose user may no longer be in its room; a
 # no_access error frame says why just before it.

@@ -26,6 +26,10 @@ class TokenBucket:
             return True
         return False
 
+    def seconds_to_next(self):
+        """How long after the last take() until the next one succeeds (0: now)."""
+        return max(0.0, (1 - self.tokens) / self.rate)
+
 
 # GCRA (the generic cell rate algorithm) in one Lua script, so that every app
 # process and host shares a client's budget through the Redis the channel

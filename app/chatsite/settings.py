@@ -367,6 +367,15 @@ CHAT_HISTORY_LIMIT = env_int("CHAT_HISTORY_LIMIT", 50, minimum=0)
 CHAT_RESYNC_LIMIT = env_int("CHAT_RESYNC_LIMIT", 1000)
 CHAT_RATE_PER_SECOND = env_float("CHAT_RATE_PER_SECOND", 5.0)
 CHAT_RATE_BURST = env_int("CHAT_RATE_BURST", 10)
+# Page requests ({"since"}, {"before"}) and moderation requests ({"delete"},
+# {"mute"}, {"ban"}) read the database on the process's one database thread:
+# each connection has a budget of its own for each (bursts of *_BURST, then
+# *_RATE_PER_SECOND). The page's own paging and "load older" clicks stay far
+# below it; a client asking in a loop gets page_rate_limited instead of reads.
+CHAT_PAGE_RATE_PER_SECOND = env_float("CHAT_PAGE_RATE_PER_SECOND", 2.0)
+CHAT_PAGE_BURST = env_int("CHAT_PAGE_BURST", 20)
+CHAT_MODERATION_RATE_PER_SECOND = env_float("CHAT_MODERATION_RATE_PER_SECOND", 2.0)
+CHAT_MODERATION_BURST = env_int("CHAT_MODERATION_BURST", 20)
 # Messages older than this many days are deleted by `manage.py prune_messages`
 # (a timer on one app host); unset, empty or 0: kept forever.
 CHAT_RETENTION_DAYS = env_int("CHAT_RETENTION_DAYS", 0, minimum=0)

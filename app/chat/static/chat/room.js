@@ -81,6 +81,8 @@ const REFUSALS = {
   banned: gettext("You are banned from this chat; the message was not sent."),
   not_allowed: gettext("Only its author or a moderator may delete a message."),
   not_found: gettext("That message is no longer there."),
+  page_rate_limited: gettext("Too many requests for older messages: wait a moment."),
+  moderation_rate_limited: gettext("Too many deletions or mutes at once: wait a moment and try again."),
   // Followed by the close (4403), which says the same.
   no_access: gettext("You no longer have access to this room."),
 };
@@ -748,11 +750,19 @@ function onFrame(data) {
     if (typeof data.client_id === "string") {
       onRefused(data);
       answered(data.client_id);
+    } else if (data.code === "page_rate_limited" && typeof data.since === "number") {
+      // The next resync page, asked too fast (a long way behind): asked again
+      // when the server says, on this connection (a new one resyncs itself).
+      const asked = socket;
+      setTimeout(() => {
+        if (asked === socket && isOpen()) socket.send(JSON.stringify({ since: data.since }));
+      }, Math.max(Number(data.retry_after) || 1, 0.05) * 1000);
     } else {
       // A refusal of no message: a deletion, a mute, a request, the cursor.
       const muting = data.code === "not_allowed" && lastRequest === "mute";
       showError(muting ? MUTE_NOT_ALLOWED : refusalText(data));
-      if (data.code === "not_allowed" || data.code === "not_found") {
+      if (data.code === "page_rate_limited" && loadingOlder) setOlderAvailable(true); // the button asks again
+      if (data.code === "not_allowed" || data.code === "not_found" || data.code === "moderation_rate_limited") {
         for (const button of log.querySelectorAll("button.delete:disabled")) button.disabled = false;
       }
     }
