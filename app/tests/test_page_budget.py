@@ -88,3 +88,32 @@ async def test_deletions_and_mutes_over_their_budget_are_refused_unread_and_the_
         assert all(answer["retry_after"] > 1 for answer in answers[2:])
         await guest.send_json_to({"message": "still here", "client_id": "c1"})
         assert (await receive(guest))["ack"] == "c1"
+
+
+@pytest.mark.parametrize("channel_layer", ["memory"], indirect=True)
+async def test_a_connections_page_requests_wait_for_each_other_not_the_other_clients(channel_layer, settings):
+    """Within its budget, a client's requests sent all at once are read one after another: another client's
+    post waits for at most the one read under way, not for all of them."""
+    settings.CHAT_RESYNC_LIMIT = 2000
+    await store_many("lobby", settings.CHAT_RESYNC_LIMIT)
+    async with joined("/ws/chat/lobby/") as asker, joined("/ws/chat/lobby/") as poster:
+        await drain_backlog(asker)
+        await drain_backlog(poster)
+        pages_done = []
+
+        async def count_pages():
+            while len(pages_done) < 8:
+                await answer_to(asker, lambda f: "page" in f)
+                pages_done.append(time.monotonic())
+
+        counting = asyncio.create_task(count_pages())
+        for _ in range(8):
+            await asker.send_json_to({"since": 0})
+        await asyncio.sleep(0.01)  # the first read is under way
+        await poster.send_json_to({"message": "hello", "client_id": "c1"})
+        await answer_to(poster, lambda f: f.get("ack") == "c1")
+        acked = time.monotonic()
+        await counting
+    pages_before_the_ack = sum(done < acked for done in pages_done)
+    print(f"\n{pages_before_the_ack} of the other client's 8 pages were read before the post was acknowledged")
+    assert pages_before_the_ack <= 2
