@@ -22,6 +22,10 @@ is the failure itself: clients need not be disconnected by it, and the
 longest pause in live delivery (the outage: no client received any message
 live, i.e. not through a resync) is printed, and must stay under --outage
 seconds.
+
+With --no-reconnects (the certificates' renewal, certificate_renewal.yml),
+the command must disconnect no client at all, where a deploy must have
+disconnected some (else it restarted nothing).
 """
 
 import argparse
@@ -256,7 +260,9 @@ async def main_async(args):
     if failures:
         problems.append(f"{len(failures)} of {len(requests)} HTTP requests failed: {failures[:5]}")
     reconnects = sum(client.connections - 1 for client in clients)
-    if reconnects == 0 and args.outage is None:
+    if args.no_reconnects and reconnects:
+        problems.append(f"clients reconnected {reconnects} times: the command was to disconnect none of them")
+    elif reconnects == 0 and args.outage is None and not args.no_reconnects:
         problems.append("no client was ever disconnected: the deploy restarted nothing under them")
     if args.outage is not None:
         # Up to the end of sending: live delivery that never came back before the clients stopped is an
@@ -285,6 +291,8 @@ def main():
     parser.add_argument("--settle", type=float, default=5, help="seconds of chat before and after the deploy")
     parser.add_argument("--max-seconds", type=float, default=600, help="the whole run's limit")
     parser.add_argument("--outage", type=float, help="the command is a failure: print the live outage, which must be under this")
+    parser.add_argument("--no-reconnects", action="store_true",
+                        help="the command must disconnect no client (e.g. a certificate renewal), rather than at least one")
     parser.add_argument("deploy", nargs="+", help="the deploy command, after --")
     args = parser.parse_args()
     args.lb = args.lb.rstrip("/") + "/"
