@@ -4,7 +4,6 @@ frame saying why), and no later store or page trusts the handshake alone.
 Every test runs once per channel layer (in-memory and both Redis layers against a real Redis).
 """
 
-import json
 
 import pytest
 from channels.db import database_sync_to_async
@@ -16,7 +15,7 @@ from chat.models import Message, Restriction, Room
 
 from .test_consumer import joined, receive
 from .test_identity import as_user
-from .test_private_rooms import make_private, session_cookie, signed_in_client
+from .test_private_rooms import closed_for, make_private, session_cookie, signed_in_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,19 +25,6 @@ async def connect_as(username, room):
     connected, code = await client.connect(timeout=5)
     assert connected, f"{username}'s handshake to {room} refused ({code})"
     return client
-
-
-async def closed_for(client):
-    """The frames the client gets until its websocket closes, and the close code; fails if it stays open."""
-    frames = []
-    while True:
-        try:
-            output = await client.receive_output(timeout=5)
-        except TimeoutError:
-            raise AssertionError(f"still connected 5 s on, having read {frames}") from None
-        if output["type"] == "websocket.close":
-            return frames, output.get("code")
-        frames.append(json.loads(output["text"]))
 
 
 async def assert_shut_out(client, reason):

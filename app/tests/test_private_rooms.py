@@ -83,12 +83,12 @@ async def test_a_member_removed_is_disconnected(channel_layer):
     bob = as_user("/ws/chat/secret/", await database_sync_to_async(session_cookie)("bob"))
     assert (await bob.connect(timeout=5))[0]
     await database_sync_to_async(owner.post)("/chat/secret/settings/", {"private": "on", "members": ""})
-    frames, code = await closed_for_access(bob)
+    frames, code = await closed_for(bob)
     assert code == 4403
     assert [(frame["code"], frame["reason"]) for frame in frames] == [("no_access", "private")]  # why, first
 
 
-async def closed_for_access(client):
+async def closed_for(client):
     """Everything the client gets until its websocket closes: (the frames, the close code)."""
     frames = []
     while True:
@@ -116,7 +116,7 @@ async def test_a_member_removed_just_after_the_handshake_checked_membership_is_d
     bob = as_user("/ws/chat/secret/", await database_sync_to_async(session_cookie)("bob"))
     connected, code = await bob.connect(timeout=5)
     if connected:
-        frames, code = await closed_for_access(bob)
+        frames, code = await closed_for(bob)
         assert not [frame for frame in frames if "id" in frame], frames  # read nothing
         assert code == 4403
 
@@ -136,6 +136,6 @@ async def test_a_member_removed_just_before_the_handshake_joins_the_room_is_refu
     bob = as_user("/ws/chat/secret/", await database_sync_to_async(session_cookie)("bob"))
     connected, code = await bob.connect(timeout=5)
     if connected:
-        frames, code = await closed_for_access(bob)
+        frames, code = await closed_for(bob)
         assert not [frame for frame in frames if "id" in frame], frames
         assert code == 4403
