@@ -178,7 +178,8 @@ RELIED_ON = {
         "ebf5cd70f10f4c9f", SERVER, "ChatServer.orphaned reads the connections' 'disconnected'"),
     "daphne.server:Server.handle_reply": ("35e6b4cb62402804", SERVER, "ChatServer.handle_reply wraps it"),
     "daphne.ws_protocol:WebSocketProtocol.onConnect": (
-        "fa9e4b08e297fa65", SERVER, "ChatServer.deny reads handshake_deferred, request and client_addr"),
+        "fa9e4b08e297fa65", SERVER, "ChatServer.deny reads handshake_deferred and request; ChatServer.create_application "
+        "sets client_addr, which daphne logs, and relies on daphne reading no X-Forwarded-For without a header name"),
     "daphne.ws_protocol:WebSocketProtocol.onClose": (
         "893ea1b882b9a2a7", SERVER, "ChatServer.reap_orphans stands in when it never runs"),
     "daphne.ws_protocol:WebSocketProtocol.handle_reply": (
@@ -188,9 +189,11 @@ RELIED_ON = {
     "daphne.ws_protocol:WebSocketProtocol.serverClose": (
         "eecfa8250d57669f", SERVER, "ChatServer.close replaces it (any close code)"),
     "daphne.http_protocol:WebRequest.process": (
-        "009fec0cde27b330", SERVER, "the --proxy-trusted hook replaces its parse_x_forwarded_for"),
+        "009fec0cde27b330", SERVER, "ChatServer.create_application sets client_addr, which daphne logs, and relies "
+        "on daphne reading no X-Forwarded-For without a header name"),
     "daphne.cli:CommandLineInterface.run": (
-        "891f38b690b291cd", SERVER, "ChatCommandLine's _get_forwarded_host is called from it"),
+        "891f38b690b291cd", SERVER, "ChatCommandLine.run parses the options before it, and its _get_forwarded_host "
+        "and _get_forwarded_port keep daphne from reading X-Forwarded-* from every peer"),
     # autobahn and Twisted, under chat-daphne.
     "autobahn.websocket.protocol:WebSocketProtocol._connectionMade": (
         "6e2c4a4e3b0603dd", SERVER, "LazyPformat replaces the pformat it calls"),
