@@ -12,12 +12,12 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from chat import metrics  # noqa: E402
 from chat.admission import HandshakeLimiter  # noqa: E402
 from chat.proxy import ProxyHeadersMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from django.conf import settings  # noqa: E402
 
 
 class CountingOriginValidator(OriginValidator):

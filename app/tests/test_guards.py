@@ -20,10 +20,9 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from daphne.server import Server
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from daphne.server import Server
 from twisted.internet.abstract import FileDescriptor
 
 from chat import server as chat_server

@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from chatsite.settings import channel_layer_from_env, database_from_url, sentinel_host
-from django.core.exceptions import ImproperlyConfigured
 
 from .conftest import free_port
 
