@@ -107,100 +107,100 @@ def test_autobahn_formats_its_settings_only_when_it_logs_them():
 
 
 # Upstream code the app copies, overrides, hooks into or reads the private fields of: where it is, the
-# fingerprint of its code as written against the versions in GUARDED_AT (see fingerprint()), the app file to
-# revisit when it changes, and what there relies on it.
+# fingerprint of its source in the versions of GUARDED_AT (fingerprint()), the app file to revisit when it
+# changes, and what there relies on it.
 LAYERS, DISPATCH, CONSUMERS, SERVER = "app/chat/layers.py", "app/chat/dispatch.py", "app/chat/consumers.py", "app/chat/server.py"
 RELIED_ON = {
     # channels-redis: the lean layer replaces parts of its pub/sub layer and reads its fields.
     "channels_redis.pubsub:RedisPubSubChannelLayer.__init__": (
-        "5c8f5cd1fb87208f", LAYERS, "LeanRedisPubSubChannelLayer._get_layer reads _args, _kwargs and _layers"),
+        "94a3624264cce646", LAYERS, "LeanRedisPubSubChannelLayer._get_layer reads _args, _kwargs and _layers"),
     "channels_redis.pubsub:RedisPubSubChannelLayer._get_layer": (
-        "4febe230a90ad149", LAYERS, "LeanRedisPubSubChannelLayer._get_layer is a copy that makes a _LoopLayer"),
-    "channels_redis.utils:_wrap_close": ("86f201163bcb6e35", LAYERS, "LeanRedisPubSubChannelLayer._get_layer calls it"),
+        "7a28a489b1a5210e", LAYERS, "LeanRedisPubSubChannelLayer._get_layer is a copy that makes a _LoopLayer"),
+    "channels_redis.utils:_wrap_close": ("440aec7dfb64c12c", LAYERS, "LeanRedisPubSubChannelLayer._get_layer calls it"),
     "channels_redis.pubsub:RedisPubSubLoopLayer.__init__": (
-        "bacbef4805667fc1", LAYERS, "_LoopLayer rebuilds _shards and reads channels, groups and channel_layer"),
-    "channels_redis.pubsub:RedisPubSubLoopLayer._get_shard": ("1470bb355fa36445", LAYERS, "_LoopLayer calls it"),
+        "d30764ad2530326c", LAYERS, "_LoopLayer rebuilds _shards and reads channels, groups and channel_layer"),
+    "channels_redis.pubsub:RedisPubSubLoopLayer._get_shard": ("2f28d14e3497e3f6", LAYERS, "_LoopLayer calls it"),
     "channels_redis.pubsub:RedisPubSubLoopLayer._get_group_channel_name": (
-        "fdab10ceb48a9857", LAYERS, "_LoopLayer.group_add and group_discard call it"),
+        "d8c906ff82ab691d", LAYERS, "_LoopLayer.group_add and group_discard call it"),
     "channels_redis.pubsub:RedisPubSubLoopLayer._subscribe_to_channel": (
-        "246e94f952ff230b", LAYERS, "_LoopLayer._subscribe_to_channel replaces it (a _ChannelMailbox per channel)"),
+        "e98b168d787b867b", LAYERS, "_LoopLayer._subscribe_to_channel replaces it (a _ChannelMailbox per channel)"),
     "channels_redis.pubsub:RedisPubSubLoopLayer.receive": (
-        "9ed7804b0008fc35", LAYERS, "_LoopLayer.receive is a copy without the clean-up when cancelled"),
+        "13e2f342e99520c6", LAYERS, "_LoopLayer.receive is a copy without the clean-up when cancelled"),
     "channels_redis.pubsub:RedisPubSubLoopLayer.group_add": (
-        "a0779ab983b0fc0e", LAYERS, "_LoopLayer.group_add records memberships around it"),
+        "63ba2e6cba5abe21", LAYERS, "_LoopLayer.group_add records memberships around it"),
     "channels_redis.pubsub:RedisPubSubLoopLayer.group_discard": (
-        "540b176c7e739674", LAYERS, "_LoopLayer.group_discard and _leave_group replace it"),
+        "c2dfc849f963a36c", LAYERS, "_LoopLayer.group_discard and _leave_group replace it"),
     "channels_redis.pubsub:RedisSingleShardConnection.__init__": (
-        "d5fc7b54025ec90c", LAYERS, "_Shard reads _lock, _subscribed_to, _redis and _pubsub"),
-    "channels_redis.pubsub:RedisSingleShardConnection.publish": ("9f00f65956c38e0d", LAYERS, "_Shard.publish retries it once"),
+        "f75846610376788f", LAYERS, "_Shard reads _lock, _subscribed_to, _redis and _pubsub"),
+    "channels_redis.pubsub:RedisSingleShardConnection.publish": ("d862ca9af821386d", LAYERS, "_Shard.publish retries it once"),
     "channels_redis.pubsub:RedisSingleShardConnection.subscribe": (
-        "6296953712fc7f64", LAYERS, "_Shard.subscribe retries it once"),
+        "c433f6eb15915074", LAYERS, "_Shard.subscribe retries it once"),
     "channels_redis.pubsub:RedisSingleShardConnection.unsubscribe": (
-        "6b1ac4d5e76538e0", LAYERS, "_Shard.sweep is a copy that asks again under the lock"),
-    "channels_redis.pubsub:RedisSingleShardConnection.flush": ("8c1281fdc2d5f231", LAYERS, "_Shard.flush wraps it"),
+        "46c2ac550111fd7f", LAYERS, "_Shard.sweep is a copy that asks again under the lock"),
+    "channels_redis.pubsub:RedisSingleShardConnection.flush": ("acbe0542edf96d13", LAYERS, "_Shard.flush wraps it"),
     "channels_redis.pubsub:RedisSingleShardConnection._do_receiving": (
-        "3c8e7b29a5c2b1e2", LAYERS, "_Shard._do_receiving replaces the receive loop"),
+        "96270d9a5f458216", LAYERS, "_Shard._do_receiving replaces the receive loop"),
     "channels_redis.pubsub:RedisSingleShardConnection._receive_message": (
-        "44f4aa3a5829244c", LAYERS, "_Shard._do_receiving calls it"),
+        "04fc14898fe0a962", LAYERS, "_Shard._do_receiving calls it"),
     "channels_redis.pubsub:RedisSingleShardConnection._ensure_redis": (
-        "7a992d603f56b3eb", LAYERS, "_Shard._ensure_redis replaces its pubsub with a _ResubscribingPubSub"),
-    "channels_redis.pubsub:RedisSingleShardConnection._ensure_receiver": ("280417f6660c64c4", LAYERS, "_Shard.sweep calls it"),
+        "3979d3305e0205df", LAYERS, "_Shard._ensure_redis replaces its pubsub with a _ResubscribingPubSub"),
+    "channels_redis.pubsub:RedisSingleShardConnection._ensure_receiver": ("5e5726fe952336ee", LAYERS, "_Shard.sweep calls it"),
     # redis-py: the pub/sub hooks the layer's resync and silence detection stand on.
     "redis.asyncio.client:PubSub.__init__": (
-        "c4e7982ca8f8776e", LAYERS, "_ResubscribingPubSub reads and prunes channels, reads connection"),
+        "3d74896e9f3b37aa", LAYERS, "_ResubscribingPubSub reads and prunes channels, reads connection"),
     "redis.asyncio.client:PubSub.on_connect": (
-        "5021b7eadcb43849", LAYERS, "_ResubscribingPubSub.on_connect counts the resubscriptions it sends"),
-    "redis.asyncio.client:PubSub.subscribed": ("9957832ddbebd32e", LAYERS, "_Shard._do_receiving reads it"),
+        "f9a05b2ef0a9df6f", LAYERS, "_ResubscribingPubSub.on_connect counts the resubscriptions it sends"),
+    "redis.asyncio.client:PubSub.subscribed": ("c97cbd2d75a8327b", LAYERS, "_Shard._do_receiving reads it"),
     "redis.asyncio.client:PubSub.check_health": (
-        "9299570208d29bef", LAYERS, "_ResubscribingPubSub.check_health reconnects through Sentinel first"),
-    "redis.asyncio.client:PubSub.get_message": ("e4842f82d13f1fd5", LAYERS, "_Shard._do_receiving's timeout of 0.1 s"),
+        "304097a1ebdf252a", LAYERS, "_ResubscribingPubSub.check_health reconnects through Sentinel first"),
+    "redis.asyncio.client:PubSub.get_message": ("a5b85a9e77b1763b", LAYERS, "_Shard._do_receiving's timeout of 0.1 s"),
     "redis.asyncio.client:PubSub.handle_message": (
-        "ebe7f2dcf277c258", LAYERS, "_ResubscribingPubSub.handle_message counts the subscribe confirmations"),
+        "ca3b5568a831af94", LAYERS, "_ResubscribingPubSub.handle_message counts the subscribe confirmations"),
     "redis.asyncio.connection:AbstractConnection.read_response": (
-        "d39b3d73cd2df7ef", LAYERS, "_ResubscribingPubSub.silent_for reads next_health_check, which it moves on"),
-    "redis.asyncio.connection:AbstractConnection.is_connected": ("f4ffc02b86a6a798", LAYERS, "_ResubscribingPubSub reads it"),
+        "348a18d401de2349", LAYERS, "_ResubscribingPubSub.silent_for reads next_health_check, which it moves on"),
+    "redis.asyncio.connection:AbstractConnection.is_connected": ("83cf3e5a642ccfbd", LAYERS, "_ResubscribingPubSub reads it"),
     "redis.asyncio.connection:AbstractConnection.disconnect": (
-        "d538ba8034d3b7b7", LAYERS, "_Shard.leave_if_silent calls disconnect(nowait=True)"),
+        "ede15705c29e5ebb", LAYERS, "_Shard.leave_if_silent calls disconnect(nowait=True)"),
     # Channels: the consumer's dispatch loop and clean-up.
     "channels.consumer:AsyncConsumer.__call__": (
-        "8462ee3f7788c350", DISPATCH, "RelayDispatchMixin.__call__ is a copy with dispatch_from() as its loop"),
+        "d5c14e0e6cfc782b", DISPATCH, "RelayDispatchMixin.__call__ is a copy with dispatch_from() as its loop"),
     "channels.consumer:AsyncConsumer.dispatch": (
-        "32a44591cd405e48", CONSUMERS, "ChatConsumer.dispatch_to_handler skips its aclose_old_connections"),
+        "1311d472cce74a43", CONSUMERS, "ChatConsumer.dispatch_to_handler skips its aclose_old_connections"),
     "channels.generic.websocket:AsyncWebsocketConsumer.websocket_disconnect": (
-        "3b0dcdc7420644eb", DISPATCH, "RelayDispatchMixin.release_channel repeats its clean-up"),
+        "bb12def8af41c90d", DISPATCH, "RelayDispatchMixin.release_channel repeats its clean-up"),
     # daphne: chat-daphne's server, its handshake internals and its command line.
     "daphne.server:Server.create_application": (
-        "70369507a4ef2ab7", SERVER, "ChatServer.create_application_with_mailbox is a copy with a Mailbox"),
+        "73e580441fd6c219", SERVER, "ChatServer.create_application_with_mailbox is a copy with a Mailbox"),
     "daphne.server:Server.kill_all_applications": (
-        "8c6c86e85fe53c58", SERVER, "ChatServer.kill_all_applications hides the connections still in their handshake"),
+        "9f2096650d576f2c", SERVER, "ChatServer.kill_all_applications hides the connections still in their handshake"),
     "daphne.server:Server.application_checker": (
-        "ebf5cd70f10f4c9f", SERVER, "ChatServer.orphaned reads the connections' 'disconnected'"),
-    "daphne.server:Server.handle_reply": ("35e6b4cb62402804", SERVER, "ChatServer.handle_reply wraps it"),
+        "cc3c80470535043d", SERVER, "ChatServer.orphaned reads the connections' 'disconnected'"),
+    "daphne.server:Server.handle_reply": ("d27da2aba8102e76", SERVER, "ChatServer.handle_reply wraps it"),
     "daphne.ws_protocol:WebSocketProtocol.onConnect": (
-        "fa9e4b08e297fa65", SERVER, "ChatServer.deny reads handshake_deferred and request; ChatServer.create_application "
+        "226b72a90c46214b", SERVER, "ChatServer.deny reads handshake_deferred and request; ChatServer.create_application "
         "sets client_addr, which daphne logs, and relies on daphne reading no X-Forwarded-For without a header name"),
     "daphne.ws_protocol:WebSocketProtocol.onClose": (
-        "893ea1b882b9a2a7", SERVER, "ChatServer.reap_orphans stands in when it never runs"),
+        "d9bb78d9ca943f00", SERVER, "ChatServer.reap_orphans stands in when it never runs"),
     "daphne.ws_protocol:WebSocketProtocol.handle_reply": (
-        "837ab2f1c6fc2b2a", SERVER, "ChatServer.handle_reply takes websocket.close and send before it"),
+        "d0d43d9054315840", SERVER, "ChatServer.handle_reply takes websocket.close and send before it"),
     "daphne.ws_protocol:WebSocketProtocol.serverReject": (
-        "933620a765c73cef", SERVER, "ChatServer.deny is a copy with the application's status"),
+        "85c6943d8dee8fa0", SERVER, "ChatServer.deny is a copy with the application's status"),
     "daphne.ws_protocol:WebSocketProtocol.serverClose": (
-        "eecfa8250d57669f", SERVER, "ChatServer.close replaces it (any close code)"),
+        "fc306e9a11de4253", SERVER, "ChatServer.close replaces it (any close code)"),
     "daphne.http_protocol:WebRequest.process": (
-        "009fec0cde27b330", SERVER, "ChatServer.create_application sets client_addr, which daphne logs, and relies "
+        "3a5d9fee6f31418e", SERVER, "ChatServer.create_application sets client_addr, which daphne logs, and relies "
         "on daphne reading no X-Forwarded-For without a header name"),
     "daphne.cli:CommandLineInterface.run": (
-        "891f38b690b291cd", SERVER, "ChatCommandLine.run parses the options before it, and its _get_forwarded_host "
+        "9b420ff1f12dc575", SERVER, "ChatCommandLine.run parses the options before it, and its _get_forwarded_host "
         "and _get_forwarded_port keep daphne from reading X-Forwarded-* from every peer"),
     # autobahn and Twisted, under chat-daphne.
     "autobahn.websocket.protocol:WebSocketProtocol._connectionMade": (
-        "6e2c4a4e3b0603dd", SERVER, "LazyPformat replaces the pformat it calls"),
+        "1fb169b67c8cb5ff", SERVER, "LazyPformat replaces the pformat it calls"),
     "autobahn.websocket.protocol:WebSocketProtocol.sendCloseFrame": (
-        "9c9f00ae8a29f925", SERVER, "ChatServer.close and check_send_buffer call it, skipping sendClose's checks"),
+        "47a8eeeef77d4a02", SERVER, "ChatServer.close and check_send_buffer call it, skipping sendClose's checks"),
     "twisted.internet.abstract:FileDescriptor.write": (
-        "6be1610913d28b12", SERVER, "unsent_bytes reads dataBuffer, offset and _tempDataLen"),
-    "twisted.internet.abstract:FileDescriptor.doWrite": ("59d5e53f857a62d1", SERVER, "unsent_bytes, as for write"),
+        "1bcfa23120d692cf", SERVER, "unsent_bytes reads dataBuffer, offset and _tempDataLen"),
+    "twisted.internet.abstract:FileDescriptor.doWrite": ("6aaaf350da3810af", SERVER, "unsent_bytes, as for write"),
 }
 
 # The versions RELIED_ON was written against (../requirements.txt); app/pyproject.toml allows no later minor release.
@@ -229,11 +229,12 @@ def upstream_object(where):
 
 
 def fingerprint(function):
-    """A hash of a function's code as ast.unparse writes it: without its docstring, comments and layout."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
-    if tree.body and isinstance(tree.body[0], ast.Expr) and isinstance(tree.body[0].value, ast.Constant):
-        tree.body = tree.body[1:]
-    return hashlib.sha256(ast.unparse(tree).encode()).hexdigest()[:16]
+    """A hash of a function's source, blank lines and indentation left out.
+
+    The text rather than its syntax tree: ast.unparse writes the same code differently from one Python to the next.
+    """
+    lines = (line.strip() for line in inspect.getsource(function).splitlines())
+    return hashlib.sha256("\n".join(line for line in lines if line).encode()).hexdigest()[:16]
 
 
 @pytest.mark.parametrize("where", sorted(RELIED_ON))
