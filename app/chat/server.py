@@ -6,7 +6,9 @@ long as it lives: about 3.5 KiB of an idle websocket's cost, for a queue
 that daphne only fills with put_nowait() and the application reads from one
 task. ChatServer gives the application a Mailbox (chat.mailbox) instead;
 everything else is daphne's, options included, plus one: --proxy-trusted
-(below). And four things daphne 4.2 does not do:
+(below; with --proxy-headers it sets CHAT_PROXY_TRUSTED, which the
+application's middleware, chat.proxy, reads). And four things daphne 4.2
+does not do:
 
 - Bounded memory per connection. Twisted keeps whatever a websocket could
   not write yet in its transport, without limit: a client that never reads
@@ -37,7 +39,6 @@ import collections
 import ctypes
 import ctypes.util
 import http
-import ipaddress
 import logging
 import os
 import pprint
@@ -47,13 +48,14 @@ from functools import partial
 
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny
-from daphne import http_protocol, utils, ws_protocol
+from daphne import ws_protocol
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from twisted.internet import task
 from twisted.logger import globalLogPublisher
 
 from .mailbox import Mailbox
+from .proxy import EVERYONE, ProxyHeadersMiddleware, parse_networks
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +178,9 @@ class ChatServer(Server):
         super().__init__(*args, **kwargs)
         # application task -> {"protocol", "inbox", "orphaned": when first found}
         self.websocket_applications = {}
+        # The chat's application resolves the client itself (chatsite.asgi); any other gets the middleware here.
+        if not isinstance(self.application, ProxyHeadersMiddleware):
+            self.application = ProxyHeadersMiddleware(self.application, os.environ.get("CHAT_PROXY_TRUSTED", ""))
 
     def run(self):
         # The application (and with it Django's settings) is loaded by now.
@@ -261,6 +266,13 @@ class ChatServer(Server):
         return None
 
     def create_application(self, protocol, scope):
+        # daphne logs the client from the protocol's client_addr, a handshake
+        # (WSCONNECTING) before the application has run: the middleware
+        # resolves the client first, so that the log names the one the
+        # application sees. (When it runs, it finds the client resolved.)
+        if self.application.trusted and scope.get("client"):
+            self.application.trusted.resolve(scope)
+            protocol.client_addr = list(scope["client"])
         if scope["type"] == "websocket":
             scope["extensions"] = {"websocket.http.response": {}}
         inbox = self.create_application_with_mailbox(protocol, scope)
@@ -359,83 +371,19 @@ class ChatServer(Server):
 
 # --- Trusting X-Forwarded-* only from the load balancers ---
 #
-# daphne's --proxy-headers believes X-Forwarded-For (and -Port, -Proto) from
-# any peer: whoever reaches the app server's port directly can claim any
-# address. daphne 4.2 has no list of trusted proxies (uvicorn has
-# --forwarded-allow-ips; daphne's only knobs are the header names), so the
-# project adds one. Both of daphne's protocols, HTTP requests
-# (http_protocol.WebRequest.process) and websocket handshakes
-# (ws_protocol.WebSocketProtocol.onConnect), take the headers in a single
-# call, utils.parse_x_forwarded_for(headers, <header names>, original_addr=
-# the peer's [host, port], ...), whose names each module imported. We swap
-# that name in both modules for a wrapper that returns the peer's own address
-# (and scheme) unless the peer is trusted. The trusted networks travel with
-# the server's header name (TrustedProxyHeader, a str daphne uses as before),
-# so each server keeps its own list, and a server without --proxy-trusted
-# behaves exactly as daphne does.
+# The application's middleware (chat.proxy, in chatsite.asgi) decides which
+# peers name the client, under every server; daphne itself is not asked to
+# read the headers (it would believe them from anyone). chat-daphne keeps
+# daphne's --proxy-headers and adds --proxy-trusted, and maps both onto the
+# middleware's setting, CHAT_PROXY_TRUSTED, before the application loads.
 
 
-def parse_networks(value):
-    """One --proxy-trusted value: addresses or networks (CIDR), comma-separated, as ipaddress networks.
-
-    Strict, as uvicorn's --forwarded-allow-ips: 10.0.0.0/24 is a network, 10.0.0.1/24 an error
-    (uvicorn would silently never match it).
-    """
-    networks = []
-    for item in value.split(","):
-        try:
-            networks.append(ipaddress.ip_network(item.strip()))
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not an IP address or network ({error})") from None
-    return networks
-
-
-class TrustedProxyHeader(str):
-    """daphne's proxy_forwarded_address_header ("X-Forwarded-For"), with the networks it is believed from."""
-
-    def __new__(cls, name, networks):
-        header = super().__new__(cls, name)
-        header.networks = tuple(networks)
-        return header
-
-    def trusts(self, peer):
-        """Whether the peer daphne saw ([host, port], or None off TCP) may set the forwarded headers."""
-        if not peer:
-            return False
-        try:
-            address = ipaddress.ip_address(peer[0])
-        except ValueError:
-            return False
-        if address.version == 6 and address.ipv4_mapped:  # a dual-stack socket's IPv4 peer
-            address = address.ipv4_mapped
-        return any(address in network for network in self.networks)
-
-
-_daphne_parse_x_forwarded_for = utils.parse_x_forwarded_for
-
-
-def parse_x_forwarded_for(
-    headers,
-    address_header_name="X-Forwarded-For",
-    port_header_name="X-Forwarded-Port",
-    proto_header_name="X-Forwarded-Proto",
-    original_addr=None,
-    original_scheme=None,
-):
-    """daphne's utils.parse_x_forwarded_for, unless the header name says the peer (original_addr) is not trusted."""
-    if isinstance(address_header_name, TrustedProxyHeader) and not address_header_name.trusts(original_addr):
-        return original_addr, original_scheme
-    return _daphne_parse_x_forwarded_for(
-        headers, address_header_name, port_header_name, proto_header_name, original_addr, original_scheme,
-    )
-
-
-for _module in (http_protocol, ws_protocol):
-    # A daphne that parses the headers elsewhere would trust every peer again: refuse to start.
-    if getattr(_module, "parse_x_forwarded_for", None) is not _daphne_parse_x_forwarded_for:
-        raise ImportError(f"chat.server: {_module.__name__} no longer calls daphne.utils.parse_x_forwarded_for; "
-                          "update the --proxy-trusted hook for this daphne")
-    _module.parse_x_forwarded_for = parse_x_forwarded_for
+def proxy_networks(value):
+    """One --proxy-trusted value, for argparse: chat.proxy.parse_networks, with argparse's error."""
+    try:
+        return parse_networks(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class ChatCommandLine(CommandLineInterface):
@@ -448,29 +396,51 @@ class ChatCommandLine(CommandLineInterface):
             dest="proxy_trusted",
             metavar="ADDRESS_OR_CIDR",
             action="append",
-            type=parse_networks,
+            type=proxy_networks,
             default=[],
             help="Believe the --proxy-headers only from this peer: an IPv4 or IPv6 address or network "
             "(CIDR). Repeatable, or comma-separated. From other peers the headers are ignored and the "
-            "peer's own address is the client. Without it, every peer is believed (daphne's behaviour).",
+            "peer's own address is the client. Without it, CHAT_PROXY_TRUSTED from the environment, "
+            "else every peer is believed (daphne's behaviour).",
         )
 
-    def _get_forwarded_host(self, args):
-        name = super()._get_forwarded_host(args)
+    def run(self, args):
+        # Parsed here once before daphne parses them: the setting must be in
+        # the environment before daphne loads the application (and, with the
+        # chat, its settings).
+        os.environ["CHAT_PROXY_TRUSTED"] = self.proxy_trusted(self.parser.parse_args(args))
+        super().run(args)
+
+    def proxy_trusted(self, args):
+        """CHAT_PROXY_TRUSTED as the options say: --proxy-trusted's list, else the environment's, else
+        "*" (every peer) with --proxy-headers, as daphne; else no one."""
+        if args.proxy_headers_host or args.proxy_headers_port:
+            self.parser.error("chat-daphne reads X-Forwarded-For, -Port and -Proto (chat/proxy.py): "
+                              "--proxy-headers-host and --proxy-headers-port are not supported")
+        if args.proxy_trusted:
+            if not args.proxy_headers:
+                self.parser.error("--proxy-trusted needs --proxy-headers")
+            return ",".join(str(network) for value in args.proxy_trusted for network in value)
         # The deployment passes the list in the environment rather than on
         # the command line: supervisord's command is rendered for the newest
         # code, and a release rolled back to that predates the option would
         # refuse an unknown argument (it ignores the variable).
-        if not args.proxy_trusted and os.environ.get("CHAT_PROXY_TRUSTED", "").strip():
+        value = os.environ.get("CHAT_PROXY_TRUSTED", "").strip()
+        if value:
             try:
-                args.proxy_trusted = [parse_networks(os.environ["CHAT_PROXY_TRUSTED"])]
-            except argparse.ArgumentTypeError as error:
+                parse_networks(value)
+            except ValueError as error:
                 self.parser.error(f"CHAT_PROXY_TRUSTED: {error}")
-        if not args.proxy_trusted:
-            return name
-        if not name:
-            self.parser.error("--proxy-trusted needs --proxy-headers (or --proxy-headers-host)")
-        return TrustedProxyHeader(name, [network for value in args.proxy_trusted for network in value])
+            return value
+        return EVERYONE if args.proxy_headers else ""
+
+    # daphne reads X-Forwarded-* itself when these name a header, from every
+    # peer: never, the application's middleware does.
+    def _get_forwarded_host(self, args):
+        return None
+
+    def _get_forwarded_port(self, args):
+        return None
 
 
 def main():

@@ -12,9 +12,11 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
 from chat import metrics  # noqa: E402
 from chat.admission import HandshakeLimiter  # noqa: E402
+from chat.proxy import ProxyHeadersMiddleware  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 
 
@@ -33,15 +35,20 @@ def allowed_hosts_origin_validator(application):
     return CountingOriginValidator(application, AllowedHostsOriginValidator(application).allowed_origins)
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        # Refuses a handshake past CHAT_HANDSHAKES_IN_FLIGHT in progress (503),
-        # then one whose Origin is missing or not in ALLOWED_HOSTS.
-        "websocket": HandshakeLimiter(
-            allowed_hosts_origin_validator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
-        ),
-    }
+# First, the client a trusted proxy names (CHAT_PROXY_TRUSTED), for HTTP and
+# websockets alike, whichever server runs this.
+application = ProxyHeadersMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            # Refuses a handshake past CHAT_HANDSHAKES_IN_FLIGHT in progress (503),
+            # then one whose Origin is missing or not in ALLOWED_HOSTS.
+            "websocket": HandshakeLimiter(
+                allowed_hosts_origin_validator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+            ),
+        }
+    ),
+    settings.CHAT_PROXY_TRUSTED,
 )
 
 # Here rather than in ChatConfig.ready(): the servers (chat-daphne, uvicorn,

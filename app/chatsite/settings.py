@@ -16,6 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from chat.proxy import parse_networks
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -393,6 +395,17 @@ CHAT_SEND_BUFFER_LIMIT = env_int(
 # once with HTTP 503 (chat/admission.py), so that a burst of joins cannot
 # queue up until none completes in time. 0: no limit.
 CHAT_HANDSHAKES_IN_FLIGHT = env_int("CHAT_HANDSHAKES_IN_FLIGHT", 64, minimum=0)
+
+# The proxies (load balancers) whose X-Forwarded-For, -Port and -Proto name
+# the client (chat/proxy.py, under every server): IPv4 or IPv6 addresses or
+# networks, comma-separated, or * for every peer. Unset or empty: no one, the
+# peer is the client. chat-daphne's --proxy-headers and --proxy-trusted set it.
+CHAT_PROXY_TRUSTED = os.environ.get("CHAT_PROXY_TRUSTED", "").strip()
+if CHAT_PROXY_TRUSTED:
+    try:
+        parse_networks(CHAT_PROXY_TRUSTED)
+    except ValueError as error:
+        raise ImproperlyConfigured(f"CHAT_PROXY_TRUSTED: {error}") from None
 
 # Prometheus metrics (chat/metrics.py). Each server process serves its own, on
 # CHAT_METRICS_ADDRESS and port CHAT_METRICS_PORT + CHAT_PROCESS_NUM

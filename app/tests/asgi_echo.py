@@ -1,6 +1,9 @@
-"""A tiny ASGI app for the chat-daphne tests: it answers with the client and scheme its scope holds."""
+"""A tiny ASGI app for the proxy tests: it answers with the client and scheme its scope holds."""
 
 import json
+import os
+
+from chat.proxy import ProxyHeadersMiddleware
 
 
 async def application(scope, receive, send):
@@ -15,3 +18,7 @@ async def application(scope, receive, send):
         await send({"type": "websocket.send", "text": seen})
         while (await receive())["type"] != "websocket.disconnect":
             pass
+
+
+# As chatsite.asgi serves the chat, for servers that do not add the middleware themselves (uvicorn).
+behind_proxies = ProxyHeadersMiddleware(application, os.environ.get("CHAT_PROXY_TRUSTED", ""))

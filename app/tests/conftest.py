@@ -7,7 +7,6 @@ import pytest
 import redis
 
 
-
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -116,4 +116,4 @@ async def test_http_requests_are_not_counted():
 
 
 def test_the_site_limits_its_websocket_handshakes_before_anything_else():
-    assert isinstance(site_application.application_mapping["websocket"], HandshakeLimiter)
+    assert isinstance(site_application.application.application_mapping["websocket"], HandshakeLimiter)

@@ -33,7 +33,7 @@ async def test_a_message_with_a_client_id_is_acknowledged_to_its_sender_only(cha
 async def test_a_resent_message_is_stored_and_broadcast_once(channel_layer):
     client_id = str(uuid.uuid4())
     frame = {"message": "only once", "user": "ann", "client_id": client_id}
-    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as bob:
+    async with joined("/ws/chat/lobby/") as ann, joined("/ws/chat/lobby/") as _bob:
         await ann.send_json_to(frame)
         first = await receive(ann)
         assert (await receive(ann))["message"] == "only once"

@@ -15,9 +15,9 @@ import time
 
 import pytest
 import redis
-from chatsite.settings import channel_layer_from_env, sentinel_host
 
 from chat.layers import LeanRedisPubSubChannelLayer
+from chatsite.settings import channel_layer_from_env, sentinel_host
 
 from .conftest import free_port, wait_until
 

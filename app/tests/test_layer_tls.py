@@ -14,7 +14,6 @@ import subprocess
 
 import pytest
 import redis
-from chatsite.settings import channel_layer_from_env, sentinel_host
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +24,7 @@ from redis.retry import Retry
 
 from chat.layers import LeanRedisPubSubChannelLayer
 from chat.ratelimit import redis_from_layer_settings
+from chatsite.settings import channel_layer_from_env, sentinel_host
 
 from .conftest import free_port, wait_until
 

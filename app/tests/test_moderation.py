@@ -12,8 +12,8 @@ from django.utils import timezone
 from chat.models import Message, ModerationLog, Restriction
 from chatsite.asgi import application
 
-from .test_consumer import ORIGIN, joined, receive
 from .test_access import closed_for
+from .test_consumer import ORIGIN, joined, receive
 from .test_identity import as_user, signed_in_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -51,7 +51,7 @@ async def test_a_client_flooding_page_requests_is_refused_and_does_not_hold_up_t
         for n in range(15):
             sent = time.monotonic()
             await normal.send_json_to({"message": f"m{n}", "client_id": f"c{n}"})
-            await answer_to(normal, lambda f: f.get("ack") == f"c{n}")
+            await answer_to(normal, lambda f, n=n: f.get("ack") == f"c{n}")
             latencies.append(time.monotonic() - sent)
             await asyncio.sleep(0.1)
         flooding = False

@@ -1,10 +1,11 @@
-"""chat-daphne --proxy-trusted: X-Forwarded-* believed from the load balancers only.
+"""X-Forwarded-* believed from the load balancers only (chat/proxy.py), under chat-daphne, uvicorn and runserver.
 
-Each test runs a real `python -m chat.server` with --proxy-headers and an access log, sends an HTTP request
-and a websocket handshake from 127.0.0.1 (or ::1) claiming to come from 203.0.113.9 over HTTPS, and reads
+Most tests run a real `python -m chat.server` with --proxy-headers and an access log, send an HTTP request
+and a websocket handshake from 127.0.0.1 (or ::1) claiming to come from 203.0.113.9 over HTTPS, and read
 who the client was twice: in daphne's access log, and in the scope the application got (tests/asgi_echo.py).
 """
 
+import asyncio
 import json
 import os
 import select
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from chat.server import TrustedProxyHeader, parse_networks
+from chat.proxy import ProxyHeadersMiddleware, TrustedProxies
 
 from .conftest import free_port
 
@@ -137,6 +138,16 @@ def test_a_trusted_proxy_names_the_client(daphne):
     forwarded(daphne("--proxy-trusted", "127.0.0.1"))
 
 
+def test_an_address_the_client_wrote_before_the_proxys_is_not_believed(daphne):
+    # A proxy that appends to the client's own X-Forwarded-For: its entry, the rightmost, is the client.
+    server = daphne("--proxy-trusted", "127.0.0.1")
+    path = f"/http-{uuid.uuid4().hex}"
+    headers = {**FORGED, "X-Forwarded-For": "198.51.100.66, 203.0.113.9"}
+    with urllib.request.urlopen(urllib.request.Request(f"http://{server.netloc}{path}", headers=headers)) as response:
+        assert json.loads(response.read())["client"] == ["203.0.113.9", 4444]
+    assert server.logged_client(path, "GET") == "203.0.113.9:4444"
+
+
 def test_anyone_else_is_the_client_themselves(daphne):
     direct(daphne("--proxy-trusted", "10.9.9.9"))
 
@@ -190,16 +201,95 @@ def test_bad_options_stop_it_at_once(options, message):
 
 
 def test_which_peers_are_trusted():
-    header = TrustedProxyHeader("X-Forwarded-For", parse_networks("10.0.0.10,10.1.0.0/16,2001:db8::/32"))
-    assert header == "X-Forwarded-For" and header.lower() == "x-forwarded-for"  # daphne uses it as before
-    assert header.trusts(["10.0.0.10", 40000])
-    assert header.trusts(["10.1.200.3", 40000])
-    assert header.trusts(["::ffff:10.0.0.10", 40000])  # an IPv4 peer on a dual-stack socket
-    assert header.trusts(["2001:db8::5", 40000])
-    assert not header.trusts(["10.0.0.11", 40000])
-    assert not header.trusts(["2001:db9::5", 40000])
-    assert not header.trusts(None)  # a UNIX socket's peer has no address
-    assert not header.trusts(["/run/chat.sock", 0])
+    trusted = TrustedProxies.from_setting("10.0.0.10,10.1.0.0/16,2001:db8::/32")
+    assert trusted.trusts("10.0.0.10")
+    assert trusted.trusts("10.1.200.3")
+    assert trusted.trusts("::ffff:10.0.0.10")  # an IPv4 peer on a dual-stack socket
+    assert trusted.trusts("2001:db8::5")
+    assert not trusted.trusts("10.0.0.11")
+    assert not trusted.trusts("2001:db9::5")
+    assert not trusted.trusts(None)  # a UNIX socket's peer has no address
+    assert not trusted.trusts("/run/chat.sock")
+    assert not TrustedProxies.from_setting("").trusts("127.0.0.1")
+    assert TrustedProxies.from_setting("*").trusts("198.51.100.1")
+
+
+def scope_after(setting, peer, headers, kind="http"):
+    """The scope's client and scheme once ProxyHeadersMiddleware(setting) has passed a request from peer."""
+    seen = {}
+
+    async def application(scope, receive, send):
+        seen.update(client=scope["client"], scheme=scope.get("scheme"))
+
+    scope = {"type": kind, "client": peer, "scheme": "ws" if kind == "websocket" else "http",
+             "headers": [(name.lower().encode(), value.encode()) for name, value in headers]}
+    asyncio.run(ProxyHeadersMiddleware(application, setting)(scope, None, None))
+    return seen
+
+
+def test_the_client_is_the_rightmost_address_that_is_not_a_proxy():
+    # A client that writes its own X-Forwarded-For gets it appended to by each proxy: only what the
+    # proxies wrote counts.
+    chain = [("X-Forwarded-For", "203.0.113.66, 198.51.100.7, 10.0.0.2")]
+    assert scope_after("10.0.0.0/24", ("10.0.0.1", 5000), chain)["client"] == ("198.51.100.7", 0)
+    assert scope_after("10.0.0.0/24,198.51.100.7", ("10.0.0.1", 5000), chain)["client"] == ("203.0.113.66", 0)
+    # Every entry a proxy: the leftmost, as daphne and uvicorn.
+    assert scope_after("*", ("10.0.0.1", 5000), chain)["client"] == ("203.0.113.66", 0)
+    # Repeated headers are one list, in order.
+    repeated = [("X-Forwarded-For", "203.0.113.66"), ("X-Forwarded-For", "198.51.100.7")]
+    assert scope_after("10.0.0.1", ("10.0.0.1", 5000), repeated)["client"] == ("198.51.100.7", 0)
+    # From anyone else, nothing changes.
+    assert scope_after("10.0.0.0/24", ("192.0.2.1", 5000), chain) == {"client": ("192.0.2.1", 5000), "scheme": "http"}
+
+
+def test_the_scheme_a_proxy_names_suits_the_connection():
+    proxy = ("10.0.0.1", 5000)
+    assert scope_after("10.0.0.1", proxy, [("X-Forwarded-Proto", "https")])["scheme"] == "https"
+    assert scope_after("10.0.0.1", proxy, [("X-Forwarded-Proto", "https")], "websocket")["scheme"] == "wss"
+    assert scope_after("10.0.0.1", proxy, [("X-Forwarded-Proto", "wss")])["scheme"] == "https"
+    assert scope_after("10.0.0.1", proxy, [("X-Forwarded-Proto", "gopher")])["scheme"] == "http"
+    assert scope_after("10.0.0.1", proxy, [("X-Forwarded-Proto", "https")])["client"] == proxy
+
+
+def test_the_site_resolves_the_client_under_every_server(settings):
+    # chatsite.asgi is what chat-daphne, uvicorn and runserver (daphne's, from INSTALLED_APPS) all serve.
+    from chatsite.asgi import application
+
+    assert isinstance(application, ProxyHeadersMiddleware)
+    assert settings.ASGI_APPLICATION == "chatsite.asgi.application"
+
+
+def uvicorn(argv, env):
+    """uvicorn serving the echo app behind ProxyHeadersMiddleware on a free port; its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), *argv,
+         "tests.asgi_echo:behind_proxies"],
+        cwd=APP_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env},
+    )
+    wait_until_answering(process, f"http://127.0.0.1:{port}/ready")
+    return process, f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(("setting", "believed"), [("127.0.0.1", True), ("10.9.9.9", False)])
+def test_under_uvicorn_the_middleware_alone_decides(setting, believed):
+    # uvicorn's own proxy headers off: the client is the middleware's work only.
+    process, netloc = uvicorn(["--no-proxy-headers"], {"CHAT_PROXY_TRUSTED": setting})
+    try:
+        request = urllib.request.Request(f"http://{netloc}/", headers=FORGED)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            seen = json.loads(response.read())
+        with connect(f"ws://{netloc}/", additional_headers=FORGED, open_timeout=5) as ws:
+            seen_ws = json.loads(ws.recv(timeout=5))
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    if believed:
+        assert seen == {"client": ["203.0.113.9", 4444], "scheme": "https"}
+        assert seen_ws == {"client": ["203.0.113.9", 4444], "scheme": "wss"}
+    else:
+        assert seen["client"][0] == "127.0.0.1" and seen["scheme"] == "http"
+        assert seen_ws["client"][0] == "127.0.0.1" and seen_ws["scheme"] == "ws"
 
 
 def test_the_access_log_on_stdout_is_written_line_by_line():

@@ -12,9 +12,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from chatsite.settings import channel_layer_from_env, database_from_url, sentinel_host
-from django.core.exceptions import ImproperlyConfigured
 
 from .conftest import free_port
 
@@ -77,6 +77,7 @@ def test_empty_allowed_hosts_with_debug_off_fails_clearly():
         ("CHAT_PROCESS_NUM", "first", "CHAT_PROCESS_NUM must be a whole number"),
         ("CHAT_GUESTS", "maybe", "CHAT_GUESTS must be post, read or off"),
         ("CHAT_OPEN_SIGNUP", "sometimes", "CHAT_OPEN_SIGNUP must be true or false"),
+        ("CHAT_PROXY_TRUSTED", "10.0.0.1/24", "CHAT_PROXY_TRUSTED: '10.0.0.1/24' is not an IP address or network"),
     ],
 )
 def test_bad_values_fail_at_start_naming_the_variable(name, value, message):
