@@ -271,3 +271,46 @@ async def test_a_cancelled_gap_wait_does_not_clear_the_one_started_after_it(monk
     assert consumer.gap_task is second_wait
     second_wait.cancel()
     assert len(sent) == 2  # 2 and 3 went out; 5 and 7 are held
+
+
+async def messages_until(client, text, seconds):
+    """The ids of the messages a first-version client shows until the one saying `text`: it shows every frame
+    with an "id" and skips the rest (page frames), and never asks for a page."""
+    ids = []
+    async with asyncio.timeout(seconds):
+        while True:
+            frame = await client.receive_json_from(timeout=seconds)
+            if isinstance(frame.get("id"), int):
+                ids.append(frame["id"])
+                if frame.get("message") == text:
+                    return ids
+
+
+@pytest.mark.parametrize("behind", ["after a layer loss", "at a join with ?since="])
+async def test_a_first_version_client_keeps_getting_live_messages_after_an_unasked_resync_page(
+    channel_layer, settings, behind
+):
+    settings.CHAT_RESYNC_LIMIT = 2
+    path, lost = "/ws/chat/lobby/", []
+    if behind == "at a join with ?since=":
+        seen, *lost = await store("lobby", "seen", "l1", "l2", "l3")
+        path += f"?since={seen}"
+    async with joined(path) as old, joined("/ws/chat/lobby/") as bob:
+        if behind == "after a layer loss":
+            lost = await store("lobby", "l1", "l2", "l3")
+            await get_channel_layer().group_send(protocol.group_name("lobby"), {"type": "chat.resync"})
+        await bob.send_json_to({"message": "live", "client_id": "live"})
+        live = (await receive_ack(bob))["id"]
+        # Every message once, in order, the missed ones paged to it unasked, and live messages after them.
+        assert await messages_until(old, "live", 20) == [*lost, live]
+        await bob.send_json_to({"message": "later", "client_id": "later"})
+        later = (await receive_ack(bob))["id"]
+        assert await messages_until(old, "later", 5) == [later]
+
+
+async def receive_ack(client):
+    async with asyncio.timeout(10):
+        while True:
+            frame = await client.receive_json_from(timeout=10)
+            if "ack" in frame:
+                return frame
