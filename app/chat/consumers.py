@@ -245,6 +245,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     presence_subscriber = False  # whether the client asked for presence frames (?presence=1)
     pages = False  # whether the client asks for every next page itself (?pages=1)
     page_wait_task = None
+    paged_unasked = False  # whether a page went out because the client did not ask for it in time
     room = None  # the room's key (protocol.room_key): /ws/chat/Lobby/ and /ws/chat/lobby/ are one room
     room_name = None  # the room's shown name, its frames' "room"
 
@@ -405,7 +406,9 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                     settings.CHAT_PAGE_BURST, protocol.PAGE_RATE_LIMITED, **{incoming.direction: incoming.cursor},
                 )
             elif incoming.direction == "since":
-                await self.resync(incoming.cursor)
+                # Once the server has paged by itself, a client that asks late (for a page already sent
+                # unasked) gets the next one: each message once, also to a client that counts them.
+                await self.resync(max(incoming.cursor, self.last_id) if self.paged_unasked else incoming.cursor)
             else:
                 await self.send_page(await read_before(self.room, incoming.cursor, self.access), "older")
             return
@@ -654,6 +657,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     async def chat_next_page(self, event):
         """The client did not ask for the next page (a client written before pages never does): sent unasked."""
         if self.behind and hasattr(self, "group"):
+            self.paged_unasked = True
             await self.resync(self.last_id, asked=False)
 
     def advance(self, page, more):

@@ -314,3 +314,21 @@ async def receive_ack(client):
             frame = await client.receive_json_from(timeout=10)
             if "ack" in frame:
                 return frame
+
+
+async def test_a_client_that_asks_for_a_page_after_it_came_unasked_gets_no_message_twice(channel_layer, settings):
+    settings.CHAT_RESYNC_LIMIT = 2
+    async with joined("/ws/chat/lobby/") as ann:
+        lost = await store("lobby", *[f"l{n}" for n in range(5)])
+        await get_channel_layer().group_send(protocol.group_name("lobby"), {"type": "chat.resync"})
+        assert [(await receive(ann))["id"] for _ in range(2)] == lost[:2]
+        assert (await receive(ann))["more"] is True
+        # ann is slow to ask: the next page comes first, unasked.
+        async with asyncio.timeout(consumers.PAGE_WAIT_SECONDS + 5):
+            unasked = [(await ann.receive_json_from(timeout=10))["id"] for _ in range(2)]
+        assert unasked == lost[2:4]
+        assert (await receive(ann))["more"] is True
+        await ann.send_json_to({"since": lost[1]})  # the page ann was sent already
+        assert (await receive(ann))["id"] == lost[4]
+        assert await receive(ann) == {"page": "resync", "more": False, "first": lost[4], "last": lost[4]}
+        assert await ann.receive_nothing(timeout=consumers.PAGE_WAIT_SECONDS + 0.5)
