@@ -769,7 +769,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await self.catch_up(metrics.catch_ups_for_layer)
         if self.presence_subscriber and hasattr(self, "group"):
             # What this process said about who is here while the layer was away is lost with it.
-            await self.send_presence()
+            await self.send(text_data=json.dumps(await self.presence.latest(self.group)))
 
     async def catch_up(self, counter):
         counter.inc()

@@ -152,6 +152,11 @@ class Presence:
             logger.warning("Could not read who is in %s: %r", group, error)
             return summary([mine])
 
+    async def latest(self, group):
+        """What this process last told its subscribers in the room (for one whose channel layer lost it while it
+        reconnected), else the room as it stands: no Redis command per subscriber when a layer comes back."""
+        return self.seen.get(group) or await self.now(group)
+
     def local_subscribers(self, group):
         """The group of this process's connections in the room that asked for presence frames.
 
