@@ -1,4 +1,5 @@
-"""Who is here: each person once however many tabs, across server processes, and gone when a server dies."""
+"""Who is here: each person once however many tabs, across server processes (one frame per change for each
+client, whatever the servers' clocks say), and gone when a server dies or a goodbye fails halfway."""
 
 import asyncio
 import json
@@ -91,8 +92,10 @@ def test_presence_spans_server_processes_and_forgets_a_server_that_dies(tmp_path
 
 
 def presence_frames(watcher):
-    """until(predicate, seconds): the watcher's next presence frame that matches; quiet(seconds): every one that
-    comes in that long."""
+    """Two ways to read a websocket's presence frames (others are skipped).
+
+    until(predicate, seconds): the next one that matches; quiet(seconds): every one that comes in that long.
+    """
 
     async def until(predicate, seconds):
         async with asyncio.timeout(seconds):
