@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 GAP_WAIT_SECONDS = 0.5
 # Messages held while waiting, at most; past it the connection reads at once.
 HELD_MAX = 200
+# How long a connection that is paging through a resync waits for the client to ask for the next page
+# before sending it unasked. A client written before pages never asks, and would otherwise get no live
+# message again; one that asks does so as soon as it has read the page. A client that joined with ?pages=1
+# always asks, and is never sent one unasked.
+PAGE_WAIT_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,11 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     gap_task = None
     account = None  # the signed-in user (from the session), or None for a guest
     present_as = None  # (name, guest) this connection counts as in the room's presence
+    presence_group = None  # the room's group it counts in (self.group goes when the connection leaves it)
+    presence_subscriber = False  # whether the client asked for presence frames (?presence=1)
+    pages = False  # whether the client asks for every next page itself (?pages=1)
+    page_wait_task = None
+    paged_unasked = False  # whether a page went out because the client did not ask for it in time
     room = None  # the room's key (protocol.room_key): /ws/chat/Lobby/ and /ws/chat/lobby/ are one room
     room_name = None  # the room's shown name, its frames' "room"
 
@@ -249,6 +259,12 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 metrics.websockets_open.dec()
             if self.gap_task is not None:
                 self.gap_task.cancel()
+            if self.page_wait_task is not None:
+                self.page_wait_task.cancel()
+            # Channels' websocket_disconnect leaves the channel-layer groups before it calls disconnect(), and
+            # a failure there (Redis down, and this connection the process's last in the room) skips it: this
+            # connection must still stop counting as here, or its process would show it until a restart.
+            self.leave_presence()
 
     @property
     def guest_name(self):
@@ -280,7 +296,6 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         self.address = (self.scope.get("client") or [None])[0]
         self.access = access.Access(self.room, user, self.address)
         self.group = protocol.group_name(self.room)
-        self.bucket = TokenBucket(settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
         # Page and moderation requests read the database too, on the process's one database thread: each
         # connection has a budget of its own for them. Handlers run one at a time per connection
         # (dispatch.py), so a connection also has at most one such read in flight; the rest of its frames wait.
@@ -310,29 +325,34 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         await self.accept()
         metrics.websockets_open.inc()
         self.counted_open = True
+        self.pages = protocol.wants_pages(self.scope["query_string"])
         try:
             since = protocol.parse_since(self.scope["query_string"])
         except protocol.ProtocolError as error:
             await self.send_error(str(error), error.code)
             since = None
+        # A client that joined with ?pages=1 gets a page frame at the end of the backlog whatever its size:
+        # it knows then that it has the room, without waiting to see whether more comes.
         if since is None:
             page = await read_before(self.room, None, self.access)
-            await self.send_page(page, "history", asked=False)
+            await self.send_page(page, "history", asked=self.pages)
             self.advance(page, more=False)
         else:
             metrics.resyncs.inc()
-            await self.resync(since, asked=False)
+            await self.resync(since, asked=self.pages)
         self.presence = presence.for_this_loop(self.channel_layer)
         self.show_as(self.account.get_username() if self.account else self.guest_name, self.account is None)
         if protocol.wants_presence(self.scope["query_string"]):
+            subscribers = self.presence.local_subscribers(self.group)
             try:
-                await self.channel_layer.group_add(presence.subscribers(self.group), self.channel_name)
+                await self.channel_layer.group_add(subscribers, self.channel_name)
             except Exception as error:  # the chat works without it: no presence frames for this client
                 logger.warning("Could not subscribe a client of room %r to its presence: %r", self.room, error)
             else:
                 # Channels' websocket_disconnect (or chat.dispatch's clean-up) leaves it.
-                self.groups = [*self.groups, presence.subscribers(self.group)]
-                await self.send(text_data=json.dumps(await self.presence.now(self.group)))
+                self.groups = [*self.groups, subscribers]
+                self.presence_subscriber = True
+                await self.send_presence()
 
     def show_as(self, name, guest):
         """Counts this connection in the room's presence as `name` (None: a guest without a nickname)."""
@@ -340,15 +360,19 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         if person == self.present_as:
             return
         if self.present_as is not None:
-            self.presence.leave(self.group, self.present_as)
+            self.presence.leave(self.presence_group, self.present_as)
         self.present_as = person
+        self.presence_group = self.group
         self.presence.join(self.group, person)
 
     async def disconnect(self, code):
-        if self.present_as is not None:
-            self.presence.leave(self.group, self.present_as)
-            self.present_as = None
+        self.leave_presence()
         await self.leave_groups()
+
+    def leave_presence(self):
+        if self.present_as is not None:
+            self.presence.leave(self.presence_group, self.present_as)
+            self.present_as = None
 
     async def leave_groups(self):
         if hasattr(self, "group"):
@@ -382,7 +406,9 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                     settings.CHAT_PAGE_BURST, protocol.PAGE_RATE_LIMITED, **{incoming.direction: incoming.cursor},
                 )
             elif incoming.direction == "since":
-                await self.resync(incoming.cursor)
+                # Once the server has paged by itself, a client that asks late (for a page already sent
+                # unasked) gets the next one: each message once, also to a client that counts them.
+                await self.resync(max(incoming.cursor, self.last_id) if self.paged_unasked else incoming.cursor)
             else:
                 await self.send_page(await read_before(self.room, incoming.cursor, self.access), "older")
             return
@@ -400,8 +426,6 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         metrics.messages_received.inc()
         # The budget first: everything after it reads the database.
         allowed = await shared_limiter().take(self.rate_key(), settings.CHAT_RATE_PER_SECOND, settings.CHAT_RATE_BURST)
-        if allowed is None:  # the shared count is unavailable: this connection's own bucket decides
-            allowed = self.bucket.take()
         if not allowed:
             await self.send_error(
                 f"Too many messages: at most {settings.CHAT_RATE_PER_SECOND:g} a second "
@@ -574,6 +598,10 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     async def chat_presence(self, event):
         await self.send(text_data=json.dumps({"presence": event["presence"], "anonymous": event["anonymous"]}))
 
+    async def send_presence(self):
+        """Tells this client who is in the room now."""
+        await self.send(text_data=json.dumps(await self.presence.now(self.group)))
+
     async def chat_deleted(self, event):
         await self.send(text_data=protocol.deleted(event["id"]))
 
@@ -602,7 +630,35 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         page = await read_after(self.room, since, self.access)
         await self.send_page(page, "resync", asked)
         self.advance(page, page.more)
-        self.behind = page.more
+        self.fall_behind(page.more)
+
+    def fall_behind(self, behind):
+        """Live messages wait (behind) while the client pages; if it does not ask for the next page in time,
+        the page comes unasked."""
+        self.behind = behind
+        if self.page_wait_task is not None:
+            self.page_wait_task.cancel()
+            self.page_wait_task = None
+        if behind and not self.pages:
+            self.page_wait_task = asyncio.create_task(self.wake_after_page_wait())
+
+    async def wake_after_page_wait(self):
+        """After PAGE_WAIT_SECONDS, has this consumer send the next page (chat.next_page, through its own channel)."""
+        await asyncio.sleep(PAGE_WAIT_SECONDS)
+        try:
+            await self.channel_layer.send(self.channel_name, {"type": "chat.next_page"})
+        except Exception as error:
+            # The layer is down: the client pages, or reconnects with its cursor.
+            logger.warning("Could not wake connection %s to send the next page: %s", self.channel_name, error)
+        finally:
+            if self.page_wait_task is asyncio.current_task():
+                self.page_wait_task = None
+
+    async def chat_next_page(self, event):
+        """The client did not ask for the next page (a client written before pages never does): sent unasked."""
+        if self.behind and hasattr(self, "group"):
+            self.paged_unasked = True
+            await self.resync(self.last_id, asked=False)
 
     def advance(self, page, more):
         """Records that this client has every message of `page` (and, at the end, the room up to now)."""
@@ -711,6 +767,9 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         """The channel layer may have lost messages for this room: read them from the database."""
         if not self.behind and hasattr(self, "group"):
             await self.catch_up(metrics.catch_ups_for_layer)
+        if self.presence_subscriber and hasattr(self, "group"):
+            # What this process said about who is here while the layer was away is lost with it.
+            await self.send(text_data=json.dumps(await self.presence.latest(self.group)))
 
     async def catch_up(self, counter):
         counter.inc()
@@ -721,7 +780,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         self.advance(page, page.more)
         if page.more:
             # Over a page behind: the client pages through the rest.
-            self.behind = True
+            self.fall_behind(True)
             self.held = None
             await self.send(text_data=protocol.page_end("resync", page.messages, True))
         await self.release_held()

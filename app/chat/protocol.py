@@ -299,6 +299,12 @@ def wants_presence(query_string):
     return parse_qs(query_string.decode("latin-1")).get("presence", ["0"])[-1] in ("1", "true", "yes")
 
 
+def wants_pages(query_string):
+    """Whether the client asked (?pages=1) for a page frame at the end of every backlog, and to ask for every
+    next page itself: a client that does not may have been written before pages, and is sent them unasked."""
+    return parse_qs(query_string.decode("latin-1")).get("pages", ["0"])[-1] in ("1", "true", "yes")
+
+
 def outgoing(message, history=False, resync=False, room=None):
     """The JSON text every client in the room receives for a stored message.
 

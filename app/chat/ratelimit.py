@@ -52,7 +52,7 @@ redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil((tat - now) * 1000) + 
 return 1
 """
 KEY_PREFIX = "chat:rate:"
-# After Redis fails a check, the per-connection buckets decide this long before Redis is asked again: while
+# After Redis fails a check, this process's own count decides this long before Redis is asked again: while
 # a master is down (until Sentinel promotes a replica) each attempt would hold a message up for a timeout.
 PAUSE_SECONDS = 5.0
 
@@ -62,10 +62,11 @@ class SharedRateLimiter:
 
     Kept in Redis (the channel layer's first server) when the site has one,
     so every app process and host counts the same budget; in this process
-    only otherwise (runserver, one process). If Redis fails, the caller's
-    per-connection bucket decides meanwhile (for PAUSE_SECONDS before
-    Redis is tried again): a limit is not worth refusing, or holding up,
-    every message over.
+    only otherwise (runserver, one process). If Redis fails, this process
+    counts each client's budget by itself meanwhile (for PAUSE_SECONDS
+    before Redis is tried again): a limit is not worth refusing, or holding
+    up, every message over, and a client with K connections to the process
+    still has one budget there, not K.
     """
 
     def __init__(self, redis_client=None, local_keys=100_000, clock=time.monotonic):
@@ -77,22 +78,22 @@ class SharedRateLimiter:
         self.paused_until = None  # while Redis fails: when to ask it again
 
     async def take(self, key, rate, burst):
-        """True when the client under `key` may send one more message now; None when Redis could not say."""
+        """True when the client under `key` may send one more message now."""
         if self.script is None:
             return self.take_locally(key, rate, burst)
         if self.paused_until is not None and self.clock() < self.paused_until:
-            return None
+            return self.take_locally(key, rate, burst)
         try:
             # The limits are part of the key: a budget counted under other limits
             # (a site that changed them, another test's server) is not this one.
             bucket = f"{KEY_PREFIX}{rate:g}:{burst}:{key}"
             allowed = bool(await self.script(keys=[bucket], args=[1.0 / rate, burst]))
-        except Exception as error:  # Redis down or refusing: the per-connection bucket decides
+        except Exception as error:  # Redis down or refusing: this process counts by itself
             if self.paused_until is None:
-                logger.warning("Shared rate limit unavailable (%s); counting per connection meanwhile, "
-                               "and trying Redis again every %g s", error, PAUSE_SECONDS)
+                logger.warning("Shared rate limit unavailable (%s); counting per client in this process "
+                               "meanwhile, and trying Redis again every %g s", error, PAUSE_SECONDS)
             self.paused_until = self.clock() + PAUSE_SECONDS
-            return None
+            return self.take_locally(key, rate, burst)
         if self.paused_until is not None:
             logger.warning("Shared rate limit available again")
             self.paused_until = None
@@ -103,7 +104,7 @@ class SharedRateLimiter:
         if bucket is None:
             if len(self.local) >= self.local_keys:
                 self.local.pop(next(iter(self.local)))  # the oldest client: its bucket is most likely full again
-            bucket = self.local[key] = TokenBucket(rate, burst)
+            bucket = self.local[key] = TokenBucket(rate, burst, self.clock)
         return bucket.take()
 
 

@@ -340,3 +340,20 @@ async def test_message_is_stored(channel_layer):
         got = await receive(ann)
     message = await database_sync_to_async(Message.objects.get)(id=got["id"])
     assert (message.room, message.user, message.text) == ("lobby", "ann", "keep me")
+
+
+async def test_a_client_that_asks_gets_its_join_backlog_ended_by_a_page_frame(channel_layer):
+    """?pages=1: the backlog always ends with a page frame, so the client knows when it has the room, even a
+    small or empty one, without waiting to see whether more comes."""
+    ids = await store("lobby", "a", "b")
+    async with joined("/ws/chat/lobby/?pages=1") as ann:
+        assert [(await receive(ann))["id"] for _ in range(2)] == ids
+        assert await receive(ann) == {"page": "history", "more": False, "first": ids[0], "last": ids[1]}
+    async with joined(f"/ws/chat/lobby/?since={ids[0]}&pages=1") as bob:
+        assert (await receive(bob))["id"] == ids[1]
+        assert await receive(bob) == {"page": "resync", "more": False, "first": ids[1], "last": ids[1]}
+    async with joined(f"/ws/chat/lobby/?since={ids[1]}&pages=1") as cat:
+        assert await receive(cat) == {"page": "resync", "more": False, "first": None, "last": None}
+    async with joined("/ws/chat/empty/?pages=1") as dan:
+        assert await receive(dan) == {"page": "history", "more": False, "first": None, "last": None}
+        assert await dan.receive_nothing(timeout=0.3)

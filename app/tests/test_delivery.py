@@ -271,3 +271,64 @@ async def test_a_cancelled_gap_wait_does_not_clear_the_one_started_after_it(monk
     assert consumer.gap_task is second_wait
     second_wait.cancel()
     assert len(sent) == 2  # 2 and 3 went out; 5 and 7 are held
+
+
+async def messages_until(client, text, seconds):
+    """The ids of the messages a first-version client shows until the one saying `text`: it shows every frame
+    with an "id" and skips the rest (page frames), and never asks for a page."""
+    ids = []
+    async with asyncio.timeout(seconds):
+        while True:
+            frame = await client.receive_json_from(timeout=seconds)
+            if isinstance(frame.get("id"), int):
+                ids.append(frame["id"])
+                if frame.get("message") == text:
+                    return ids
+
+
+@pytest.mark.parametrize("behind", ["after a layer loss", "at a join with ?since="])
+async def test_a_first_version_client_keeps_getting_live_messages_after_an_unasked_resync_page(
+    channel_layer, settings, behind
+):
+    settings.CHAT_RESYNC_LIMIT = 2
+    path, lost = "/ws/chat/lobby/", []
+    if behind == "at a join with ?since=":
+        seen, *lost = await store("lobby", "seen", "l1", "l2", "l3")
+        path += f"?since={seen}"
+    async with joined(path) as old, joined("/ws/chat/lobby/") as bob:
+        if behind == "after a layer loss":
+            lost = await store("lobby", "l1", "l2", "l3")
+            await get_channel_layer().group_send(protocol.group_name("lobby"), {"type": "chat.resync"})
+        await bob.send_json_to({"message": "live", "client_id": "live"})
+        live = (await receive_ack(bob))["id"]
+        # Every message once, in order, the missed ones paged to it unasked, and live messages after them.
+        assert await messages_until(old, "live", 20) == [*lost, live]
+        await bob.send_json_to({"message": "later", "client_id": "later"})
+        later = (await receive_ack(bob))["id"]
+        assert await messages_until(old, "later", 5) == [later]
+
+
+async def receive_ack(client):
+    async with asyncio.timeout(10):
+        while True:
+            frame = await client.receive_json_from(timeout=10)
+            if "ack" in frame:
+                return frame
+
+
+async def test_a_client_that_asks_for_a_page_after_it_came_unasked_gets_no_message_twice(channel_layer, settings):
+    settings.CHAT_RESYNC_LIMIT = 2
+    async with joined("/ws/chat/lobby/") as ann:
+        lost = await store("lobby", *[f"l{n}" for n in range(5)])
+        await get_channel_layer().group_send(protocol.group_name("lobby"), {"type": "chat.resync"})
+        assert [(await receive(ann))["id"] for _ in range(2)] == lost[:2]
+        assert (await receive(ann))["more"] is True
+        # ann is slow to ask: the next page comes first, unasked.
+        async with asyncio.timeout(consumers.PAGE_WAIT_SECONDS + 5):
+            unasked = [(await ann.receive_json_from(timeout=10))["id"] for _ in range(2)]
+        assert unasked == lost[2:4]
+        assert (await receive(ann))["more"] is True
+        await ann.send_json_to({"since": lost[1]})  # the page ann was sent already
+        assert (await receive(ann))["id"] == lost[4]
+        assert await receive(ann) == {"page": "resync", "more": False, "first": lost[4], "last": lost[4]}
+        assert await ann.receive_nothing(timeout=consumers.PAGE_WAIT_SECONDS + 0.5)

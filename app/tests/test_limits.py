@@ -11,6 +11,7 @@ from chat import ratelimit
 
 from .live_server import ORIGIN, LiveServer
 from .test_consumer import joined, receive, stored_count
+from .test_layer_outage import restartable_redis  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,7 +90,7 @@ def test_one_client_on_two_server_processes_gets_one_budget(tmp_path, redis_url)
     assert sum(answer.get("code") == "rate_limited" for answer in answers) == 4
 
 
-def test_after_redis_fails_the_limiter_counts_per_connection_for_a_while(caplog):
+def test_after_redis_fails_the_limiter_counts_in_this_process_for_a_while(caplog):
     """While a Redis master is down, each check would hold a message up for a timeout: one failure pauses them."""
     from redis import asyncio as aioredis
 
@@ -109,9 +110,31 @@ def test_after_redis_fails_the_limiter_counts_per_connection_for_a_while(caplog)
     async def take():
         return await limiter.take("paused", 1.0, 5)
 
-    assert [asyncio.run(take()) for _ in range(3)] == [None, None, None]
+    assert [asyncio.run(take()) for _ in range(6)] == [True] * 5 + [False]  # the burst, counted here
     assert tried == [100.0]  # nothing listens there: one try, then the pause
     now[0] += ratelimit.PAUSE_SECONDS
-    assert asyncio.run(take()) is None
+    assert asyncio.run(take()) is True  # refilled meanwhile (1 a second)
     assert tried == [100.0, 100.0 + ratelimit.PAUSE_SECONDS]
     assert len([r for r in caplog.records if "Shared rate limit unavailable" in r.getMessage()]) == 1
+
+
+async def test_while_redis_fails_a_client_with_several_connections_still_shares_one_budget(
+    restartable_redis, settings
+):
+    """The fallback counts per client on this process, not per connection: K tabs do not get K bursts."""
+    start, stop = restartable_redis
+    settings.CHAT_RATE_PER_SECOND = 0.01  # no refill during the test
+    settings.CHAT_RATE_BURST = 3
+    async with joined("/ws/chat/r1/") as one, joined("/ws/chat/r1/") as two:
+        stop()
+        codes = []
+        for client in (one, two):
+            for n in range(3):
+                await client.send_json_to({"message": f"m{n}", "client_id": f"c{n}"})
+                codes.append((await receive(client))["code"])
+        # Stored, and refused by the layer that is down; then refused by the rate limit.
+        assert codes == ["broadcast_failed"] * 3 + ["rate_limited"] * 3
+        start()
+        # Once the layer is back, both tabs read what was stored: the three the budget allowed.
+        for client in (one, two):
+            assert [(await client.receive_json_from(timeout=20))["message"] for _ in range(3)] == ["m0", "m1", "m2"]

@@ -107,13 +107,11 @@ const seen = new Set();
 let lastId = 0; // the cursor: the highest message id shown
 // Whether the room's backlog has arrived once: from then on every reconnect
 // asks for what came after the cursor, ?since=0 included (a room that was
-// empty at join), so nothing said since is taken for history. The server
-// ends the join's backlog with a page frame only when older messages exist,
-// so a connection that stayed open JOINED_AFTER_MS also counts: the backlog
-// comes right after the handshake, and if it was empty, ?since=0 is exact.
+// empty at join), so nothing said since is taken for history. The page joins
+// with ?pages=1, so the server ends the backlog with a page frame however
+// small the room: until that frame has been shown, a connection that drops
+// joins afresh rather than page through the room from its first message.
 let joined = false;
-const JOINED_AFTER_MS = 1500;
-let joinTimer = null;
 let lowestId = null; // the oldest message shown, for "load older"
 let lastDay = null; // local day of the newest message shown, for separators
 let socket = null;
@@ -660,7 +658,10 @@ function socketUrl() {
   const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
   // presence=1: the server tells this page who is here (a server before
   // presence ignores it and the list stays hidden).
-  const query = new URLSearchParams({ presence: "1" });
+  // pages=1: the backlog ends with a page frame, and this page asks for every
+  // next page itself. (A server before it sends none after a small backlog:
+  // the cursor of a message shown then decides, or a fresh join if none was.)
+  const query = new URLSearchParams({ presence: "1", pages: "1" });
   if (joined || lastId) query.set("since", lastId);
   return `${scheme}//${window.location.host}/ws/chat/${encodeURIComponent(config.room)}/?${query}`;
 }
@@ -718,6 +719,8 @@ function onPageEnd(frame) {
     // More missed messages wait on the server: ask for the next page.
     const since = typeof frame.last === "number" ? frame.last : lastId;
     if (isOpen()) socket.send(JSON.stringify({ since }));
+  } else if (frame.page === "resync") {
+    joined = true; // the room up to now, from the cursor
   }
 }
 
@@ -807,12 +810,6 @@ function connect() {
     setStatus("connected");
     clearTimeout(stableTimer);
     stableTimer = setTimeout(() => { attempts = 0; }, STABLE_AFTER_MS);
-    clearTimeout(joinTimer);
-    joinTimer = setTimeout(function quiet() {
-      // Not while the backlog may still be held back unshown.
-      if (awaiting) joinTimer = setTimeout(quiet, 500);
-      else joined = true;
-    }, JOINED_AFTER_MS);
     for (const entry of outbox) {
       entry.retryAt = 0; // a new connection is a new chance for every one
       setNote(entry, gettext("sending…"));
@@ -835,7 +832,6 @@ function connect() {
     socket = null;
     presenceBox.classList.add("stale"); // who was here, until the next connection says
     clearTimeout(stableTimer);
-    clearTimeout(joinTimer);
     clearTimeout(resendTimer);
     // Held messages were not shown, so the cursor has not passed them: the
     // next connection's resync brings them again.
