@@ -119,7 +119,7 @@ def test_after_redis_fails_the_limiter_counts_in_this_process_for_a_while(caplog
 
 
 async def test_while_redis_fails_a_client_with_several_connections_still_shares_one_budget(
-    restartable_redis, settings
+    restartable_redis, settings  # noqa: F811 (the fixture imported above)
 ):
     """The fallback counts per client on this process, not per connection: K tabs do not get K bursts."""
     start, stop = restartable_redis
