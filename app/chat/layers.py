@@ -222,13 +222,10 @@ class _Shard(RedisSingleShardConnection):
             confirmation = self._unconfirmed.get(channel)  # another caller's SUBSCRIBE may still be on its way
         if confirmation is not None:
             timeout = self._pubsub.connection.socket_timeout
-            try:
-                # Shielded: a caller that gives up leaves the confirmation to the others waiting for it.
-                await asyncio.wait_for(asyncio.shield(confirmation), timeout)
-            except asyncio.TimeoutError:
-                raise RedisTimeoutError(
-                    f"Redis at {self.describe()} did not confirm a subscription within {timeout:g} s"
-                ) from None
+            # asyncio.wait() leaves the confirmation be when it times out (or is cancelled): others may wait for it.
+            done, _ = await asyncio.wait((confirmation,), timeout=timeout)
+            if not done:
+                raise RedisTimeoutError(f"Redis at {self.describe()} did not confirm a subscription within {timeout:g} s")
 
     async def unsubscribe(self, channel):
         """channels-redis's unsubscribe(), which lets go of a name the reconnect it caused let go of already."""
