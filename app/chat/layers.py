@@ -34,6 +34,17 @@ What else this layer does that channels-redis does not:
   check), and given up after SILENT_SECONDS more without an answer: it
   reconnects (through Sentinel, to whichever server is master now) and the
   channels resync.
+- A silent Redis holds each caller up for one timeout (the connection's
+  socket_timeout, CHAT_REDIS_SOCKET_TIMEOUT), never for a queue of them.
+  channels-redis publishes under the shard's lock, so each publish to a
+  silent Redis waited for every one before it to time out, and a join (whose
+  subscription needs the lock) for all of them: publishes go out here on
+  their pooled connections without it. A subscription is sent without
+  waiting for Redis's confirmation, so a join would be accepted by a Redis
+  that answers nothing: here new_channel() and group_add() wait for the
+  confirmation, one timeout at most, and fail (the handshake is refused).
+  While the reader knows the pub/sub connection is down, a subscription fails
+  at once instead of each join reconnecting it in turn.
 - A bound on what waits for a consumer. A consumer that cannot send (uvicorn
   makes a send wait while the client does not read) lets its channel's
   messages pile up without limit. Past CHAT_SEND_BUFFER_LIMIT bytes the
@@ -134,6 +145,7 @@ class _ResubscribingPubSub(PubSub):
         for name in [name for name in self.channels if _name(name) not in wanted]:
             del self.channels[name]
         self.shard._subscribed_to &= wanted
+        self.shard.forget_unconfirmed(wanted)
         self.confirmations_awaited = 0
         await super().on_connect(connection)
         # With nothing to subscribe again (the connection was closed while it subscribed to nothing),
@@ -156,8 +168,9 @@ class _ResubscribingPubSub(PubSub):
         return max(0.0, now - connection.next_health_check)
 
     async def handle_message(self, response, ignore_subscribe_messages=False):
-        if self.confirmations_awaited and response is not None and not isinstance(response, bytes):
-            if response[0] in (b"subscribe", "subscribe"):
+        if response is not None and not isinstance(response, bytes) and response[0] in (b"subscribe", "subscribe"):
+            self.shard.confirmed(_name(response[1]))
+            if self.confirmations_awaited:
                 self.confirmations_awaited -= 1
                 if not self.confirmations_awaited:
                     self.shard.resubscribed()
@@ -168,23 +181,72 @@ class _Shard(RedisSingleShardConnection):
     def __init__(self, host, channel_layer):
         super().__init__(host, channel_layer)
         self._sweeper = None
+        self._unconfirmed = {}  # name -> a future, done when Redis confirms the SUBSCRIBE sent for it
+        self.failing = False  # whether the reader found the pub/sub connection down (and is reconnecting)
 
     async def publish(self, channel, message):
+        # Not under the shard's lock, as channels-redis publishes: a publish has a pooled connection of its own,
+        # and the lock orders the pub/sub connection's commands. Under it, each publish to a silent Redis waited
+        # for every one before it to time out.
+        self._ensure_redis()
         try:
-            await super().publish(channel, message)
+            await self._redis.publish(channel, message)
         except RedisConnectionError:
             # The connection failed before Redis answered; redis-py has dropped it. Once more on a
             # new one: if Redis is down this fails too, and the caller hears it as before.
-            await super().publish(channel, message)
+            await self._redis.publish(channel, message)
 
     async def subscribe(self, channel):
-        try:
-            await super().subscribe(channel)
-        except RedisConnectionError:
-            # As for publish: the pub/sub connection may be one Redis closed as idle (redis.conf's timeout
-            # spares a connection only while it subscribes to something, so a quiet process's is closed).
-            # redis-py has dropped it; once more on a new one.
-            await super().subscribe(channel)
+        """channels-redis's subscribe(), which returns once Redis has confirmed the subscription (or raises)."""
+        async with self._lock:
+            if channel not in self._subscribed_to:
+                if self.failing:
+                    # Each join would otherwise reconnect in turn, under the lock: the reader is at it already.
+                    raise RedisConnectionError(f"the pub/sub connection to {self.describe()} is down")
+                self._ensure_redis()
+                self._ensure_receiver()
+                # Before it is sent: the reader may read the confirmation before this task runs again.
+                self._unconfirmed[channel] = asyncio.get_running_loop().create_future()
+                try:
+                    try:
+                        await self._pubsub.subscribe(channel)
+                    except RedisConnectionError:
+                        # As for publish: the pub/sub connection may be one Redis closed as idle (redis.conf's
+                        # timeout spares a connection only while it subscribes to something, so a quiet
+                        # process's is closed). redis-py has dropped it; once more on a new one.
+                        await self._pubsub.subscribe(channel)
+                except BaseException:
+                    self._unconfirmed.pop(channel, None)
+                    raise
+                self._subscribed_to.add(channel)
+            confirmation = self._unconfirmed.get(channel)  # another caller's SUBSCRIBE may still be on its way
+        if confirmation is not None:
+            timeout = self._pubsub.connection.socket_timeout
+            # asyncio.wait() leaves the confirmation be when it times out (or is cancelled): others may wait for it.
+            done, _ = await asyncio.wait((confirmation,), timeout=timeout)
+            if not done:
+                raise RedisTimeoutError(f"Redis at {self.describe()} did not confirm a subscription within {timeout:g} s")
+
+    async def unsubscribe(self, channel):
+        """channels-redis's unsubscribe(), which lets go of a name the reconnect it caused let go of already."""
+        async with self._lock:
+            if channel in self._subscribed_to:
+                self._ensure_redis()
+                self._ensure_receiver()
+                await self._pubsub.unsubscribe(channel)
+                # Sending it may have reconnected: on_connect then dropped the name (no longer wanted).
+                self._subscribed_to.discard(channel)
+                self._unconfirmed.pop(channel, None)
+
+    def confirmed(self, name):
+        confirmation = self._unconfirmed.pop(name, None)
+        if confirmation is not None and not confirmation.done():
+            confirmation.set_result(None)
+
+    def forget_unconfirmed(self, wanted):
+        """Drops the confirmations awaited for names a reconnect does not subscribe again (they never come)."""
+        for name in [name for name in self._unconfirmed if name not in wanted]:
+            del self._unconfirmed[name]
 
     def _ensure_redis(self):
         if self._redis is None:
@@ -200,15 +262,15 @@ class _Shard(RedisSingleShardConnection):
         lock, as daphne does to an application slow to close) would otherwise
         stay in Redis as long as the process lives.
         """
-        failing = False
+        self.failing = False
         next_sweep = asyncio.get_running_loop().time() + SWEEP_SECONDS
         while True:
             try:
                 if asyncio.get_running_loop().time() >= next_sweep:
                     next_sweep += SWEEP_SECONDS
                     # In a task of its own: the sweep waits for the shard's lock, and the reader must go on
-                    # reading meanwhile (publishes queued behind a failing Redis hold the lock for seconds,
-                    # and a reader that waited with them would notice a lost connection only after them).
+                    # reading meanwhile (a subscription to a failing Redis may hold the lock for a timeout,
+                    # and its confirmation is the reader's to read).
                     if self._sweeper is None or self._sweeper.done():
                         self._sweeper = asyncio.ensure_future(self.sweep())
                 if self._pubsub and self._pubsub.subscribed:
@@ -216,17 +278,18 @@ class _Shard(RedisSingleShardConnection):
                     if message is None:
                         # Nothing to read for 0.1 s: a reply held up by a busy event loop would have been read.
                         await self.leave_if_silent()
-                    failing = False
+                    self.failing = False
                     self._receive_message(message)
                 else:
+                    self.failing = False  # no reader, nothing known: a subscription connects for itself
                     await asyncio.sleep(0.1)
             except (asyncio.CancelledError, asyncio.TimeoutError, GeneratorExit):
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-                if not failing:
+                if not self.failing:
                     logger.warning("Redis pub/sub connection to %s lost (%s); reconnecting every second",
                                    self.describe(), error)
-                failing = True
+                self.failing = True
                 await asyncio.sleep(1)
             except Exception:
                 logger.exception("Unexpected exception in the Redis pub/sub reader")
@@ -239,6 +302,7 @@ class _Shard(RedisSingleShardConnection):
             raise RedisConnectionError(f"no answer to a health check for {silent:.1f} s")
 
     async def flush(self):
+        self._unconfirmed.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

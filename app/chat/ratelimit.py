@@ -131,6 +131,7 @@ def redis_from_layer_settings():
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     hosts = settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts") or []
     if not hosts:
@@ -138,8 +139,9 @@ def redis_from_layer_settings():
     # The host's other options (password, timeouts, TLS) are the connection's, as for the layer.
     host = {key: value for key, value in hosts[0].items() if key != "max_connections"}
     # A command whose pooled connection Redis closed while it sat idle (redis.conf's timeout) is sent once
-    # more on a new connection: redis-py's async pool only finds out when a command fails on it.
-    retry = Retry(NoBackoff(), 1)
+    # more on a new connection: redis-py's async pool only finds out when a command fails on it. Not one
+    # that timed out: a Redis that answers nothing would hold the message up for a second timeout.
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     if "sentinels" in host:
         sentinel = Sentinel(host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None) or {})
         return sentinel.master_for(host.pop("master_name"), retry=retry, **host)

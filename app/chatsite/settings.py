@@ -124,11 +124,23 @@ def redis_tls_options(ca_file):
     return {"ssl_ca_certs": ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
 
 
-def sentinel_host(sentinels, master, password, tls_ca_file=""):
+# CHAT_REDIS_CONNECT_TIMEOUT and CHAT_REDIS_SOCKET_TIMEOUT's defaults, in seconds (see where they are read).
+REDIS_CONNECT_TIMEOUT = 1.0
+REDIS_SOCKET_TIMEOUT = 2.0
+
+
+def redis_timeouts(connect_timeout, socket_timeout):
+    """redis-py's options for how long a connection may take to open, and a command's reply to come."""
+    return {"socket_connect_timeout": connect_timeout, "socket_timeout": socket_timeout}
+
+
+def sentinel_host(sentinels, master, password, tls_ca_file="", connect_timeout=REDIS_CONNECT_TIMEOUT,
+                  socket_timeout=REDIS_SOCKET_TIMEOUT):
     """A channels-redis host entry that finds the master through Redis Sentinel.
 
     With tls_ca_file, the Sentinels and the master are reached over TLS,
-    each verified against that CA.
+    each verified against that CA. The timeouts are the Sentinels' as well
+    as the master's.
     """
     addresses = []
     for sentinel in sentinels:
@@ -138,13 +150,14 @@ def sentinel_host(sentinels, master, password, tls_ca_file=""):
         addresses.append((host, int(port)))
     if not master:
         raise ImproperlyConfigured("REDIS_SENTINEL_MASTER must name the master the sentinels watch.")
-    # A Sentinel or a master on a host that is down answers nothing: a short
-    # connect timeout moves on to the next Sentinel (or retries) within a
-    # second instead of the system's minutes, which would stretch a failover.
+    # A Sentinel or a master on a host that is down answers nothing: the
+    # short timeouts move on to the next Sentinel (or retry) within a second
+    # or two instead of the system's minutes, which would stretch a failover.
     # And no retries of a Sentinel (redis-py's clients retry a connection ten
     # times by default): the next Sentinel in the list is the retry.
-    host = {"sentinels": addresses, "master_name": master, "socket_connect_timeout": 1,
-            "sentinel_kwargs": {"socket_connect_timeout": 1, "socket_timeout": 1, "retry": Retry(NoBackoff(), 0)}}
+    timeouts = redis_timeouts(connect_timeout, socket_timeout)
+    host = {"sentinels": addresses, "master_name": master, **timeouts,
+            "sentinel_kwargs": {**timeouts, "retry": Retry(NoBackoff(), 0)}}
     if password:
         # The same password for the master and for the Sentinels (as the redis role deploys them).
         host["password"] = password
@@ -155,13 +168,16 @@ def sentinel_host(sentinels, master, password, tls_ca_file=""):
     return host
 
 
-def channel_layer_from_env(redis_urls, layer, sentinel=None, tls_ca_file=""):
+def channel_layer_from_env(redis_urls, layer, sentinel=None, tls_ca_file="", connect_timeout=REDIS_CONNECT_TIMEOUT,
+                           socket_timeout=REDIS_SOCKET_TIMEOUT):
     """The channel layer: Redis when REDIS_URL (or Sentinel) is set, in-memory otherwise.
 
     REDIS_URL may list several servers, comma-separated, to shard the layer;
     `sentinel` is a host entry from sentinel_host() instead, for failover.
     With tls_ca_file (REDIS_TLS_CA_FILE), every URL must be rediss:// and the
-    servers' certificates are verified against that CA.
+    servers' certificates are verified against that CA. The timeouts are
+    every connection's: the layer's, and the rate limiter's and presence's,
+    which take the first host's options.
     """
     if layer not in {"pubsub", "core"}:
         raise ImproperlyConfigured(f"CHAT_CHANNEL_LAYER must be pubsub or core, not {layer!r}.")
@@ -177,7 +193,7 @@ def channel_layer_from_env(redis_urls, layer, sentinel=None, tls_ca_file=""):
                     f"REDIS_TLS_CA_FILE is set, so REDIS_URL must be rediss:// (TLS), not {scheme}://."
                 )
         tls = redis_tls_options(tls_ca_file) if tls_ca_file else {}
-        hosts = [{"address": url, **tls} for url in redis_urls]
+        hosts = [{"address": url, **tls, **redis_timeouts(connect_timeout, socket_timeout)} for url in redis_urls]
     else:
         # A single process only: fine for runserver and the tests, never for
         # more than one daphne process. ChatConfig.ready() logs it.
@@ -293,6 +309,20 @@ else:
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# How long any connection to Redis (the channel layer's, the rate limiter's,
+# presence's, a Sentinel's) may take to open, and a command's reply to come,
+# in seconds. A Redis that stops answering with its connections open (a power
+# cut, a partition) costs each caller this long, after which a broadcast is
+# reported failed, a join refused, the rate limit counted per connection.
+# A connection opens on a LAN in well under a millisecond: a host that has not
+# answered within a second is down or cut off (what Sentinel lookups always
+# waited). A healthy Redis answers the chat's commands in a millisecond, and
+# its own pauses (a fork for a snapshot, a slow fsync) take tens of
+# milliseconds: two seconds is far past them, and short enough that a sender
+# hears of an outage at once (redis-py's default is 5 s in 8.x, none before).
+CHAT_REDIS_CONNECT_TIMEOUT = env_float("CHAT_REDIS_CONNECT_TIMEOUT", REDIS_CONNECT_TIMEOUT)
+CHAT_REDIS_SOCKET_TIMEOUT = env_float("CHAT_REDIS_SOCKET_TIMEOUT", REDIS_SOCKET_TIMEOUT)
+
 CHANNEL_LAYERS = {
     "default": channel_layer_from_env(
         env_list("REDIS_URL"),
@@ -302,10 +332,14 @@ CHANNEL_LAYERS = {
             os.environ.get("REDIS_SENTINEL_MASTER", ""),
             os.environ.get("REDIS_PASSWORD", ""),
             tls_ca_file=os.environ.get("REDIS_TLS_CA_FILE", ""),
+            connect_timeout=CHAT_REDIS_CONNECT_TIMEOUT,
+            socket_timeout=CHAT_REDIS_SOCKET_TIMEOUT,
         )
         if os.environ.get("REDIS_SENTINELS")
         else None,
         tls_ca_file=os.environ.get("REDIS_TLS_CA_FILE", ""),
+        connect_timeout=CHAT_REDIS_CONNECT_TIMEOUT,
+        socket_timeout=CHAT_REDIS_SOCKET_TIMEOUT,
     ),
 }
 

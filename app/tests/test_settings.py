@@ -70,6 +70,8 @@ def test_empty_allowed_hosts_with_debug_off_fails_clearly():
         ("CHAT_MODERATION_BURST", "some", "CHAT_MODERATION_BURST must be a whole number"),
         ("REDIS_URL", "localhost:6379", "REDIS_URL must be redis://"),
         ("CHAT_CHANNEL_LAYER", "carrier-pigeon", "CHAT_CHANNEL_LAYER must be pubsub or core"),
+        ("CHAT_REDIS_SOCKET_TIMEOUT", "0", "CHAT_REDIS_SOCKET_TIMEOUT must be greater than 0"),
+        ("CHAT_REDIS_CONNECT_TIMEOUT", "soon", "CHAT_REDIS_CONNECT_TIMEOUT must be a number"),
         ("DATABASE_URL", "mysql://db/chat", "DATABASE_URL must start with postgresql://"),
         ("CHAT_METRICS_PORT", "70000", "CHAT_METRICS_PORT must be at most 65535"),
         ("CHAT_METRICS_PORT", "-1", "CHAT_METRICS_PORT must be at least 0"),
@@ -119,7 +121,25 @@ def test_without_redis_url_the_in_memory_layer_is_used_and_logged():
 def test_channel_layer_from_redis_url():
     layer = channel_layer_from_env(["redis://:s%40cret@10.0.0.5:6379/2"], "pubsub")
     assert layer["BACKEND"] == "chat.layers.LeanRedisPubSubChannelLayer"
-    assert layer["CONFIG"]["hosts"] == [{"address": "redis://:s%40cret@10.0.0.5:6379/2"}]
+    assert layer["CONFIG"]["hosts"] == [
+        {"address": "redis://:s%40cret@10.0.0.5:6379/2", "socket_connect_timeout": 1.0, "socket_timeout": 2.0}
+    ]
+
+
+def test_every_redis_connection_has_the_timeouts_from_the_environment():
+    """Every host's, and the Sentinels'; the rate limiter and presence take the first host's options."""
+    show = SETUP + (
+        "; hosts = settings.CHANNEL_LAYERS['default']['CONFIG']['hosts']"
+        "; print([(h['socket_connect_timeout'], h['socket_timeout']) for h in hosts],"
+        " [(h['sentinel_kwargs']['socket_connect_timeout'], h['sentinel_kwargs']['socket_timeout'])"
+        " for h in hosts if 'sentinel_kwargs' in h])"
+    )
+    timeouts = {"CHAT_REDIS_CONNECT_TIMEOUT": "0.5", "CHAT_REDIS_SOCKET_TIMEOUT": "3"}
+    sharded = run_python(show, {**PRODUCTION, "REDIS_URL": "redis://a:6379/0,redis://b:6379/0", **timeouts})
+    assert sharded.stdout.splitlines()[-1] == "[(0.5, 3.0), (0.5, 3.0)] []", sharded.stderr
+    sentinels = {"REDIS_SENTINELS": "10.0.0.5:26379", "REDIS_SENTINEL_MASTER": "chat"}
+    through_sentinel = run_python(show, {**PRODUCTION, **sentinels, **timeouts})
+    assert through_sentinel.stdout.splitlines()[-1] == "[(0.5, 3.0)] [(0.5, 3.0)]", through_sentinel.stderr
 
 
 def test_channel_layer_shards_over_several_redis_urls():
@@ -140,8 +160,9 @@ def test_channel_layer_through_redis_sentinel():
             "sentinels": [("10.0.0.5", 26379), ("10.0.0.6", 26379)],
             "master_name": "chat",
             "password": "s3cret",
-            "socket_connect_timeout": 1,
-            "sentinel_kwargs": {"socket_connect_timeout": 1, "socket_timeout": 1, "password": "s3cret"},
+            "socket_connect_timeout": 1.0,
+            "socket_timeout": 2.0,
+            "sentinel_kwargs": {"socket_connect_timeout": 1.0, "socket_timeout": 2.0, "password": "s3cret"},
         }
     ]
 
