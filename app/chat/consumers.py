@@ -480,7 +480,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         try:
             # Serialized once here rather than once per receiving client.
             # "stored" (wall-clock time, comparable across servers) lets each
-            # receiver measure chat_delivery_seconds.
+            # receiver measure chat_delivery_seconds; "access_version" lets a
+            # receiver whose access notice was lost find out before it relays.
             await self.channel_layer.group_send(
                 self.group,
                 {
@@ -489,6 +490,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                     "seq": message.seq,
                     "text": protocol.outgoing(message, room=self.room_name),
                     "stored": time.time(),
+                    "access_version": message.access_version,
                 },
             )
         except Exception:
@@ -588,6 +590,23 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         refusal = await check_access(self.access)
         if refusal is not None:
             await self.close_for(refusal)
+
+    async def access_lost_before(self, version):
+        """Whether a live message, stored at room access version `version`, finds this connection's access gone.
+
+        A connection that only reads never stores or pages, where a lost access notice would be caught: a
+        version other than the one this connection was last checked at is its sign to check once more (one
+        database read per change, not per message; compared here, without a hop to the database thread) and
+        to close unless it may still be here. Events from an app server of the release before (a rolling
+        deploy) carry no version and are relayed as before.
+        """
+        if version is None or self.access is None or version == self.access.version:
+            return False
+        refusal = await check_access(self.access)
+        if refusal is None:
+            return False
+        await self.close_for(refusal)
+        return True
 
     async def close_for(self, refusal, client_id=None):
         """Closes with 4403 a connection whose access is gone, after a no_access frame saying why."""
@@ -697,6 +716,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     async def chat_message(self, event):
         if self.behind:
             return  # the client is paging through a resync and gets this one from the database
+        if await self.access_lost_before(event.get("access_version")):
+            return
         seq = event.get("seq")
         if event["id"] <= self.last_id:
             # Sent already, from the backlog or a catch-up.
