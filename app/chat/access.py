@@ -13,9 +13,10 @@ settings page, the admin, a moderator's {"ban"} frame, the shell):
 
 The notice is tried a few times. Should it still be lost, the version is the
 fallback: storing a message and every page a connection reads (a join's
-backlog, since, before, a catch-up) read the room's row anyway, and a
-connection that finds a version other than the one it last checked at checks
-again before it writes or sends anything.
+backlog, since, before, a catch-up) read the room's row anyway, every live
+message carries the version its store read, and a connection that finds a
+version other than the one it last checked at checks again before it writes
+or sends anything.
 """
 
 import logging

@@ -2,7 +2,6 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -14,6 +13,7 @@ from django.db import DatabaseError
 from accounts.models import NameKey
 
 from . import access, metrics, names, presence, protocol
+from .delivery import START, STOP, Delivery, Page
 from .dispatch import RelayDispatchMixin
 from .models import Message, Restriction, Room, is_moderator
 from .ratelimit import TokenBucket, shared_limiter
@@ -24,24 +24,11 @@ logger = logging.getLogger(__name__)
 # (published by another app process, they are usually a few milliseconds
 # behind) before the connection reads them from the database.
 GAP_WAIT_SECONDS = 0.5
-# Messages held while waiting, at most; past it the connection reads at once.
-HELD_MAX = 200
 # How long a connection that is paging through a resync waits for the client to ask for the next page
 # before sending it unasked. A client written before pages never asks, and would otherwise get no live
 # message again; one that asks does so as soon as it has read the page. A client that joined with ?pages=1
 # always asks, and is never sent one unasked.
 PAGE_WAIT_SECONDS = 3.0
-
-
-@dataclass(frozen=True)
-class Page:
-    messages: list
-    more: bool  # another page waits (newer for "after", older for "before")
-    room_seq: int  # the room's last seq, read before the messages
-    # The room's last message id (when the page reaches the end), read before the messages: a message
-    # committed after the messages were read must not count as sent, or its live copy would be dropped.
-    latest: int
-    room_name: str | None  # the room's shown name (None: the room has no row, so no messages)
 
 
 def room_seq_and_name(room, connection_access=None):
@@ -220,34 +207,44 @@ async def _resync_group(channel_layer, group):
 class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
     """One websocket in one room: replays the backlog, then relays the room's messages.
 
-    Every message a client gets has a higher id than the one before (a
-    room's messages commit in id order, see Room), and each message it gets
-    once. The connection keeps the last id and the last room seq it sent: a
-    live message with the next seq goes out at once, one from further ahead
-    waits a moment for the ones before it (another app process may publish
-    later than this one) and then the connection reads the missing ones from
-    the database. So does a connection whose channel layer lost messages
-    (chat.resync). A client that has more than a page to catch up pages
-    through them ({"since": <id>}); live messages wait for it meanwhile.
+    Each message once and in order: which to send, hold or read from the
+    database is decided by its delivery state (delivery.Delivery); the
+    consumer reads, sends, and runs the waits it asks for.
     """
 
     counted_open = False  # whether chat_websockets_open counts this websocket
     shut_out = False  # closed for a loss of access: nothing more is sent or done
     access = None  # access.Access: who this connection is, and when its access was last checked
-    last_id = 0  # the id of the last message sent to this client
-    last_seq = 0  # the room seq this client has every message up to
-    behind = False  # paging through a resync: live messages come from the database
-    held = None  # seq -> chat.message event that came before the ones it follows
     gap_task = None
     account = None  # the signed-in user (from the session), or None for a guest
     present_as = None  # (name, guest) this connection counts as in the room's presence
     presence_group = None  # the room's group it counts in (self.group goes when the connection leaves it)
     presence_subscriber = False  # whether the client asked for presence frames (?presence=1)
-    pages = False  # whether the client asks for every next page itself (?pages=1)
     page_wait_task = None
-    paged_unasked = False  # whether a page went out because the client did not ask for it in time
     room = None  # the room's key (protocol.room_key): /ws/chat/Lobby/ and /ws/chat/lobby/ are one room
     room_name = None  # the room's shown name, its frames' "room"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.delivery = Delivery()
+
+    @property
+    def last_id(self):
+        """The id of the last message sent to this client (its delivery state's)."""
+        return self.delivery.last_id
+
+    @last_id.setter
+    def last_id(self, value):
+        self.delivery.last_id = value
+
+    @property
+    def last_seq(self):
+        """The room seq this client has every message up to (its delivery state's)."""
+        return self.delivery.last_seq
+
+    @last_seq.setter
+    def last_seq(self, value):
+        self.delivery.last_seq = value
 
     async def __call__(self, scope, receive, send):
         try:
@@ -325,7 +322,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         await self.accept()
         metrics.websockets_open.inc()
         self.counted_open = True
-        self.pages = protocol.wants_pages(self.scope["query_string"])
+        self.delivery.pages = protocol.wants_pages(self.scope["query_string"])
         try:
             since = protocol.parse_since(self.scope["query_string"])
         except protocol.ProtocolError as error:
@@ -335,11 +332,11 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         # it knows then that it has the room, without waiting to see whether more comes.
         if since is None:
             page = await read_before(self.room, None, self.access)
-            await self.send_page(page, "history", asked=self.pages)
-            self.advance(page, more=False)
+            await self.send_page(page, "history", asked=self.delivery.pages)
+            self.delivery.history_sent(page)
         else:
             metrics.resyncs.inc()
-            await self.resync(since, asked=self.pages)
+            await self.resync(since, asked=self.delivery.pages)
         self.presence = presence.for_this_loop(self.channel_layer)
         self.show_as(self.account.get_username() if self.account else self.guest_name, self.account is None)
         if protocol.wants_presence(self.scope["query_string"]):
@@ -406,9 +403,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                     settings.CHAT_PAGE_BURST, protocol.PAGE_RATE_LIMITED, **{incoming.direction: incoming.cursor},
                 )
             elif incoming.direction == "since":
-                # Once the server has paged by itself, a client that asks late (for a page already sent
-                # unasked) gets the next one: each message once, also to a client that counts them.
-                await self.resync(max(incoming.cursor, self.last_id) if self.paged_unasked else incoming.cursor)
+                await self.resync(self.delivery.since_asked(incoming.cursor))
             else:
                 await self.send_page(await read_before(self.room, incoming.cursor, self.access), "older")
             return
@@ -480,7 +475,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         try:
             # Serialized once here rather than once per receiving client.
             # "stored" (wall-clock time, comparable across servers) lets each
-            # receiver measure chat_delivery_seconds.
+            # receiver measure chat_delivery_seconds; "access_version" lets a
+            # receiver whose access notice was lost find out before it relays.
             await self.channel_layer.group_send(
                 self.group,
                 {
@@ -489,6 +485,7 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                     "seq": message.seq,
                     "text": protocol.outgoing(message, room=self.room_name),
                     "stored": time.time(),
+                    "access_version": message.access_version,
                 },
             )
         except Exception:
@@ -589,6 +586,23 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         if refusal is not None:
             await self.close_for(refusal)
 
+    async def access_lost_before(self, version):
+        """Whether a live message, stored at room access version `version`, finds this connection's access gone.
+
+        A connection that only reads never stores or pages, where a lost access notice would be caught: a
+        version other than the one this connection was last checked at is its sign to check once more (one
+        database read per change, not per message; compared here, without a hop to the database thread) and
+        to close unless it may still be here. Events from an app server of the release before (a rolling
+        deploy) carry no version and are relayed as before.
+        """
+        if version is None or self.access is None or version == self.access.version:
+            return False
+        refusal = await check_access(self.access)
+        if refusal is None:
+            return False
+        await self.close_for(refusal)
+        return True
+
     async def close_for(self, refusal, client_id=None):
         """Closes with 4403 a connection whose access is gone, after a no_access frame saying why."""
         self.shut_out = True
@@ -629,18 +643,33 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         """Sends the page after `since`; live messages wait while more pages follow."""
         page = await read_after(self.room, since, self.access)
         await self.send_page(page, "resync", asked)
-        self.advance(page, page.more)
-        self.fall_behind(page.more)
+        await self.follow(self.delivery.resync_sent(page))
 
-    def fall_behind(self, behind):
-        """Live messages wait (behind) while the client pages; if it does not ask for the next page in time,
-        the page comes unasked."""
-        self.behind = behind
-        if self.page_wait_task is not None:
-            self.page_wait_task.cancel()
-            self.page_wait_task = None
-        if behind and not self.pages:
-            self.page_wait_task = asyncio.create_task(self.wake_after_page_wait())
+    async def follow(self, steps):
+        """Does what the delivery state answered: sends the live messages it let go, starts or stops its waits.
+
+        A catch-up it asks for is the caller's to read (counted as a gap's or a layer loss's).
+        """
+        for event in steps.deliver:
+            await self.send(text_data=event["text"])
+            # Events from a server still running an older release, during a
+            # rolling deploy, carry no "stored".
+            stored = event.get("stored")
+            if stored is not None:
+                # Another app server's clock may be a little ahead; a negative
+                # observation would look like a counter reset to Prometheus.
+                metrics.delivery_seconds.observe(max(time.time() - stored, 0.0))
+        if steps.gap_wait == START and self.gap_task is None:
+            self.gap_task = asyncio.create_task(self.wake_after_gap_wait())
+        elif steps.gap_wait == STOP and self.gap_task is not None:
+            self.gap_task.cancel()
+            self.gap_task = None
+        if steps.page_wait is not None:
+            if self.page_wait_task is not None:
+                self.page_wait_task.cancel()
+                self.page_wait_task = None
+            if steps.page_wait == START:
+                self.page_wait_task = asyncio.create_task(self.wake_after_page_wait())
 
     async def wake_after_page_wait(self):
         """After PAGE_WAIT_SECONDS, has this consumer send the next page (chat.next_page, through its own channel)."""
@@ -656,20 +685,10 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
 
     async def chat_next_page(self, event):
         """The client did not ask for the next page (a client written before pages never does): sent unasked."""
-        if self.behind and hasattr(self, "group"):
-            self.paged_unasked = True
-            await self.resync(self.last_id, asked=False)
-
-    def advance(self, page, more):
-        """Records that this client has every message of `page` (and, at the end, the room up to now)."""
-        if page.messages:
-            self.last_id = max(self.last_id, page.messages[-1].id)
-            self.last_seq = max(self.last_seq, page.messages[-1].seq or 0)
-        if not more:
-            self.last_id = max(self.last_id, page.latest)
-            self.last_seq = max(self.last_seq, page.room_seq)
-        if self.held:
-            self.held = {seq: event for seq, event in self.held.items() if seq > self.last_seq} or None
+        if hasattr(self, "group"):
+            cursor = self.delivery.next_page_unasked()
+            if cursor is not None:
+                await self.resync(cursor, asked=False)
 
     async def dispatch(self, message):
         if self.shut_out and message["type"] != "websocket.disconnect":
@@ -695,55 +714,14 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
             await super().dispatch(message)
 
     async def chat_message(self, event):
-        if self.behind:
+        if self.delivery.behind:
             return  # the client is paging through a resync and gets this one from the database
-        seq = event.get("seq")
-        if event["id"] <= self.last_id:
-            # Sent already, from the backlog or a catch-up.
-            if seq is not None and seq > self.last_seq:
-                self.last_seq = seq
-                await self.release_held()
+        if await self.access_lost_before(event.get("access_version")):
             return
-        if seq is None or seq <= self.last_seq + 1:
-            # The next one (or one from an app server of a release before
-            # seqs, during a rolling deploy, which can only go by id).
-            await self.deliver(event)
-            await self.release_held()
-            return
-        # One or more messages before this one have not arrived yet.
-        if self.held is None:
-            self.held = {}
-        self.held[seq] = event
-        if len(self.held) > HELD_MAX:
+        steps = self.delivery.arrived(event)
+        await self.follow(steps)
+        if steps.catch_up:
             await self.catch_up(metrics.catch_ups_for_gap)
-        elif self.gap_task is None:
-            self.gap_task = asyncio.create_task(self.wake_after_gap_wait())
-
-    async def deliver(self, event):
-        await self.send(text_data=event["text"])
-        self.last_id = event["id"]
-        if event.get("seq") is not None:
-            self.last_seq = max(self.last_seq, event["seq"])
-        # Events from a server still running an older release, during a
-        # rolling deploy, carry no "stored".
-        stored = event.get("stored")
-        if stored is not None:
-            # Another app server's clock may be a little ahead; a negative
-            # observation would look like a counter reset to Prometheus.
-            metrics.delivery_seconds.observe(max(time.time() - stored, 0.0))
-
-    async def release_held(self):
-        while self.held and self.last_seq + 1 in self.held:
-            event = self.held.pop(self.last_seq + 1)
-            if event["id"] > self.last_id:
-                await self.deliver(event)
-            else:
-                self.last_seq += 1
-        if self.held:
-            self.held = {seq: event for seq, event in self.held.items() if seq > self.last_seq} or None
-        if not self.held and self.gap_task is not None:
-            self.gap_task.cancel()
-            self.gap_task = None
 
     async def wake_after_gap_wait(self):
         """After GAP_WAIT_SECONDS, has this consumer read what it still misses (chat.gap, through its own channel)."""
@@ -760,12 +738,12 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 self.gap_task = None
 
     async def chat_gap(self, event):
-        if self.held and not self.behind:
+        if self.delivery.gap_wait_over():
             await self.catch_up(metrics.catch_ups_for_gap)
 
     async def chat_resync(self, event):
         """The channel layer may have lost messages for this room: read them from the database."""
-        if not self.behind and hasattr(self, "group"):
+        if hasattr(self, "group") and self.delivery.layer_lost():
             await self.catch_up(metrics.catch_ups_for_layer)
         if self.presence_subscriber and hasattr(self, "group"):
             # What this process said about who is here while the layer was away is lost with it.
@@ -773,17 +751,15 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
 
     async def catch_up(self, counter):
         counter.inc()
-        page = await read_after(self.room, self.last_id, self.access)
+        page = await read_after(self.room, self.delivery.last_id, self.access)
         self.room_name = page.room_name or self.room_name
         for message in page.messages:
             await self.send(text_data=protocol.outgoing(message, room=self.room_name))
-        self.advance(page, page.more)
+        steps = self.delivery.caught_up(page)
         if page.more:
             # Over a page behind: the client pages through the rest.
-            self.fall_behind(True)
-            self.held = None
             await self.send(text_data=protocol.page_end("resync", page.messages, True))
-        await self.release_held()
+        await self.follow(steps)
 
 
 class RefuseConsumer(AsyncWebsocketConsumer):

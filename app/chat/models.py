@@ -90,7 +90,8 @@ class MessageManager(models.Manager):
         With a client_id, a message the same sender already posted with it is
         returned instead of stored again (created is False): a client may
         resend until it sees its ack. The message's room_name is the room's
-        shown name (Room.name), for its frame. `admits`, when given, is called
+        shown name (Room.name), for its frame, and its access_version the
+        room's, read under the lock, for its broadcast. `admits`, when given, is called
         with the room's locked row before anything is written, and refuses
         the message by raising.
         """
@@ -102,7 +103,7 @@ class MessageManager(models.Manager):
             if client_id is not None:
                 earlier = self.filter(room=key, user=user, client_id=client_id).first()
                 if earlier is not None:
-                    earlier.room_name = room_row.name
+                    earlier.room_name, earlier.access_version = room_row.name, room_row.access_version
                     return earlier, False
             room_row.last_seq += 1
             room_row.save(update_fields=["last_seq"])
@@ -115,7 +116,7 @@ class MessageManager(models.Manager):
                 author=author,
                 guest=guest,
             )
-        message.room_name = room_row.name
+        message.room_name, message.access_version = room_row.name, room_row.access_version
         return message, True
 
 

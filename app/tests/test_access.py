@@ -207,6 +207,30 @@ async def test_access_lost_without_its_notice_is_refused_at_the_next_post_or_pag
     assert await stored_in("secret") == ["for members only"]  # wrote nothing
 
 
+@pytest.mark.parametrize("take_away", ["removed", "banned", "deactivated"])
+async def test_a_reader_whose_access_notice_was_lost_is_closed_at_the_next_live_message(
+    channel_layer, notices_lost, take_away
+):
+    """A connection that only reads never posts or pages: the room's next message must not reach it."""
+    for member in ("bob", "cat"):
+        await database_sync_to_async(signed_in_client)(member)
+    await database_sync_to_async(make_private)("ann", "secret", "bob", "cat")
+    bob = await connect_as("bob", "secret")
+    cat = await connect_as("cat", "secret")
+    await {"removed": lambda: remove_member("secret", "bob"), "banned": lambda: ban("bob"),
+           "deactivated": lambda: deactivate("bob")}[take_away]()
+    assert await bob.receive_nothing(timeout=0.3)  # no notice came
+    await cat.send_json_to({"message": "members only, from now on", "client_id": "c1"})
+    got = [await receive(cat), await receive(cat)]  # the message and its ack, in either order
+    assert {frame.get("message") for frame in got} >= {"members only, from now on"}, got
+    frames, code = await closed_for(bob)
+    assert code == 4403, frames
+    assert not [got for got in frames if "message" in got], frames
+    assert frames and frames[-1]["code"] == "no_access", frames
+    assert frames[-1]["reason"] == {"removed": "private", "banned": "banned", "deactivated": "account"}[take_away]
+    await cat.disconnect()
+
+
 def test_a_room_created_by_an_app_server_of_the_release_before_gets_an_access_version():
     """During a rolling deploy the servers not yet upgraded insert rooms without the column the migration added."""
     from django.db import connection
