@@ -238,3 +238,32 @@ def test_access_taken_away_closes_with_4403_and_the_page_stops_trying(room_page)
     page.evaluate("window.dispatchEvent(new Event('online'))")
     page.wait_for_timeout(1500)
     assert len(server.connections) == 1
+
+
+def test_a_refused_message_comes_back_to_the_box_and_one_the_database_refused_is_sent_again(room_page):
+    page, server = room_page
+    first = server.connection(1)
+    first.send(*history(1))
+    connected(page)
+
+    page.fill("#chat-message-input", "one too many")
+    page.press("#chat-message-input", "Enter")
+    refused = server.frame(first, lambda f: f.get("message") == "one too many", "the message")
+    first.send({"error": "Rate limit exceeded.", "code": "rate_limited", "client_id": refused["client_id"]})
+    expect(page.locator("#chat-error")).to_have_text(
+        "Not sent: Too many messages: wait a moment. This one was not sent.", timeout=TIMEOUT
+    )
+    expect(page.locator("#chat-message-input")).to_have_value("one too many")
+    expect(page.locator("#chat-log li.pending")).to_have_count(0)
+
+    page.fill("#chat-message-input", "saved on the second try")
+    page.press("#chat-message-input", "Enter")
+    sent = server.frame(first, lambda f: f.get("message") == "saved on the second try", "the message")
+    first.send({"error": "Could not save.", "code": "store_failed", "client_id": sent["client_id"]})
+    pending = page.locator("#chat-log li.pending", has_text="saved on the second try")
+    expect(pending.locator(".note")).to_contain_text("not stored yet; trying again in", timeout=TIMEOUT)
+    server.wait(lambda: [f.get("client_id") for f in first.received].count(sent["client_id"]) == 2, "the resend")
+    first.send({"ack": sent["client_id"], "id": 2, "seq": 2}, message(2, "saved on the second try", user="ann"))
+    expect(log_texts(page)).to_have_text(["message 1", "saved on the second try"], timeout=TIMEOUT)
+    expect(page.locator("#chat-log li.pending")).to_have_count(0)
+    expect(page.locator("#chat-message-input")).to_have_value("")
