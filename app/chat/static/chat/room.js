@@ -2,6 +2,8 @@
 // (the websocket, its reconnects and resyncs, the pages, the outbox of
 // messages not yet acknowledged) is session.js, which touches no element;
 // this module shows what it reports and hands it what the user does.
+// collectstatic writes session.js's hashed name in here (chatsite/staticfiles.py); its pattern wants the
+// semicolon, and test_views checks that it did.
 import { ChatSession } from "./session.js";
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
