@@ -1,5 +1,5 @@
 // The project's JavaScript linter (scripts/test runs `npx eslint`): eslint's
-// recommended rules on the chat's static files, plain scripts for a browser.
+// recommended rules on the chat's static files, for a browser.
 import js from "@eslint/js";
 import globals from "globals";
 
@@ -15,5 +15,10 @@ export default [
       // when it is missing.
       globals: globals.browser,
     },
+  },
+  {
+    // The room page: ES modules (room.js imports session.js), loaded with <script type="module">.
+    files: ["app/chat/static/chat/room.js", "app/chat/static/chat/session.js"],
+    languageOptions: { sourceType: "module" },
   },
 ];

@@ -368,7 +368,7 @@ STORAGES = {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
             if DEBUG
-            else "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
+            else "chatsite.staticfiles.ModuleManifestStaticFilesStorage"
         )
     },
 }

@@ -198,7 +198,7 @@ async def test_the_ack_goes_out_only_once_the_message_is_broadcast(channel_layer
         assert "ack" not in refused, "acknowledged, yet nobody got it"
         assert (refused["code"], refused["client_id"]) == ("broadcast_failed", "c-1")
         monkeypatch.setattr(layer, "group_send", broadcast)
-        # The outbox resends it (room.js: broadcast_failed is retried later).
+        # The outbox resends it (session.js: broadcast_failed is retried later).
         await ann.send_json_to(frame)
         # The room's resync (after the failure) and the resend race: the message comes once, by either.
         got = [await receive(ann), await receive(ann)]

@@ -14,8 +14,9 @@ from chat import protocol
 pytestmark = pytest.mark.django_db
 
 CHAT = Path(protocol.__file__).resolve().parent
-ROOM_JS = (CHAT / "static" / "chat" / "room.js").read_text()
-# The literal strings room.js passes to gettext() and ngettext().
+# The room page's modules (room.js holds its texts; session.js is meant to hold none, and is read in case).
+ROOM_JS = "\n".join((CHAT / "static" / "chat" / name).read_text() for name in ("room.js", "session.js"))
+# The literal strings the room page passes to gettext() and ngettext().
 SCRIPT_STRINGS = set(re.findall(r'\bn?gettext\(\s*"((?:[^"\\]|\\.)*)"', ROOM_JS))
 
 

@@ -244,6 +244,8 @@ def test_runserver_works_with_nothing_set(tmp_path):
                 assert time.monotonic() < deadline, "runserver did not answer within 30 s"
                 time.sleep(0.2)
         with urllib.request.urlopen(f"{base}/static/chat/room.js", timeout=5) as response:
+            assert b'from "./session.js";' in response.read()
+        with urllib.request.urlopen(f"{base}/static/chat/session.js", timeout=5) as response:
             assert b"WebSocket" in response.read()
 
         async def chat():

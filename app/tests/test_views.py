@@ -51,6 +51,24 @@ def test_static_files_are_under_static(client, settings):
     assert settings.STATIC_URL == "/static/"
 
 
+def test_collectstatic_writes_the_hashed_session_module_into_the_room_script(settings, tmp_path):
+    # nginx serves /static/ as immutable for a year: room.js must import session.js by its hashed name, or a
+    # browser would keep the first session.js it got across deploys. The storage a deployment uses (DEBUG
+    # off), not the tests' plain one.
+    from django.core.management import call_command
+
+    from chatsite import settings as deployed
+
+    settings.STORAGES = deployed.STORAGES
+    settings.STATIC_ROOT = tmp_path
+    call_command("collectstatic", "--noinput", verbosity=0)
+    paths = json.loads((tmp_path / "staticfiles.json").read_text())["paths"]
+    room = (tmp_path / paths["chat/room.js"]).read_text()
+    hashed = paths["chat/session.js"].rsplit("/", 1)[1]
+    assert hashed != "session.js"
+    assert f'import {{ ChatSession }} from "./{hashed}";' in room
+
+
 @pytest.mark.parametrize("layer", ["memory", "redis-pubsub", "redis-core"])
 def test_healthz_is_200_when_database_and_channel_layer_answer(client, settings, request, layer):
     url = request.getfixturevalue("redis_url") if layer != "memory" else None

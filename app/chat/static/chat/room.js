@@ -1,9 +1,10 @@
-// The room page. One websocket that reconnects by itself and resyncs with
-// ?since=<last id>, and an outbox: every message the user sends carries a
-// client_id and stays on the page, pending, until the server acknowledges
-// it, so nothing typed is lost to a dead socket, a restart or a reload.
-// The protocol (frames, acks, page ends) is described in the README.
-"use strict";
+// The room page: what a person sees and does. The session with the server
+// (the websocket, its reconnects and resyncs, the pages, the outbox of
+// messages not yet acknowledged) is session.js, which touches no element;
+// this module shows what it reports and hands it what the user does.
+// collectstatic writes session.js's hashed name in here (chatsite/staticfiles.py); its pattern wants the
+// semicolon, and test_views checks that it did.
+import { ChatSession } from "./session.js";
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 const log = document.getElementById("chat-log");
@@ -30,25 +31,6 @@ function format(text, values) {
 const LOCALE = document.documentElement.lang || undefined;
 
 const NICKNAME_KEY = "chat.nickname";
-const OUTBOX_KEY = `chat.outbox.${config.room}`;
-const RETRY_BASE_MS = 500;
-const RETRY_MAX_MS = 15000;
-// Backoff starts again from the bottom only after a connection has stayed
-// open this long: a server that accepts and then drops every connection (its
-// database down, say) is not hammered every half second.
-const STABLE_AFTER_MS = 10000;
-// Ids kept to drop a message that arrives twice. Messages come in id order,
-// so only ids near the cursor can come again; the oldest are forgotten.
-const SEEN_MAX = 5000;
-// Resending a message the server could not take yet (store_failed, or the
-// rate limit during a catch-up resend): first after this, doubling to the cap.
-const RESEND_BASE_MS = 1000;
-const RESEND_MAX_MS = 30000;
-// Refusals after which the server says to send the same message again later.
-// Every other refusal of a message gives its text back to the user.
-const RETRY_LATER = new Set(["store_failed", "broadcast_failed"]);
-// The close code of a connection whose room this user may no longer enter.
-const NO_ACCESS = 4403;
 // What each state of the connection is called on the badge.
 const STATES = {
   connecting: gettext("connecting"),
@@ -103,46 +85,13 @@ function refusalText(frame) {
   return Object.hasOwn(REFUSALS, frame.code) ? REFUSALS[frame.code] : frame.error;
 }
 
-const seen = new Set();
-let lastId = 0; // the cursor: the highest message id shown
-// Whether the room's backlog has arrived once: from then on every reconnect
-// asks for what came after the cursor, ?since=0 included (a room that was
-// empty at join), so nothing said since is taken for history. The page joins
-// with ?pages=1, so the server ends the backlog with a page frame however
-// small the room: until that frame has been shown, a connection that drops
-// joins afresh rather than page through the room from its first message.
-let joined = false;
-let lowestId = null; // the oldest message shown, for "load older"
 let lastDay = null; // local day of the newest message shown, for separators
-let socket = null;
-let generation = 0; // counts connections, so each knows what it has sent
-let attempts = 0;
-let retryTimer = null;
-let stableTimer = null;
-let resendTimer = null;
 let errorTimer = null;
-let loadingOlder = false;
-
-// The outbox: messages sent but not yet acknowledged, oldest first. Kept in
-// sessionStorage (this tab only), so a reload resends them instead of losing
-// them. Each: {clientId, message, user, ts} plus what this page load knows:
-// sentOn (the connection generation it was last sent on), retryAt and
-// retries (resending later), maybeStored (sent at least once, or left by an
-// earlier load), fresh (sent the moment it was typed, on an open socket) and
-// item (its <li>).
-const outbox = loadOutbox();
 // The outbox entry whose text is in the message box: the box is cleared
 // when that message is acknowledged, and only then.
 let heldClientId = null;
-// A message sent before a reconnect (or a reload) may have been stored with
-// its ack lost: the new connection's resync then brings it before the
-// resend's ack says which pending item it is. So after a reconnect, incoming
-// messages wait until every such resend is answered (or ANSWER_WAIT_MS),
-// and no message shows twice, not even for a moment.
-const ANSWER_WAIT_MS = 5000;
-let awaiting = null; // client ids whose answer holds incoming frames back
-let heldFrames = [];
-let answerTimer = null;
+// Each outbox entry's <li>, by client id.
+const items = new Map();
 
 // Who the page speaks for: a signed-in account posts under its own name
 // whatever the frame says; a guest's nickname is the one the server holds
@@ -165,22 +114,10 @@ if (config.canPost === false) {
   userInput.hidden = true;
 }
 
-function setStatus(state, text) {
+function setStatus(state) {
   statusBadge.className = `status status-${state}`;
   statusBadge.dataset.state = state;
-  statusBadge.textContent = text || STATES[state] || state;
-}
-
-function isOpen() {
-  return socket !== null && socket.readyState === WebSocket.OPEN;
-}
-
-// The badge follows the socket: an open socket is "connected" whatever the
-// browser's online events said in between.
-function statusFromSocket() {
-  if (isOpen()) setStatus("connected");
-  else if (!navigator.onLine) setStatus("offline");
-  else setStatus(attempts ? "reconnecting" : "connecting");
+  statusBadge.textContent = STATES[state] || state;
 }
 
 // sticky: stays until the user sends again (a refusal they must act on).
@@ -194,19 +131,6 @@ function showError(text, sticky = false) {
 function hideError() {
   clearTimeout(errorTimer);
   errorBox.hidden = true;
-}
-
-// ---- client ids ------------------------------------------------------------
-
-// crypto.randomUUID exists only in secure contexts (https, localhost,
-// 127.0.0.1); a plain-http LAN address has crypto.getRandomValues only.
-function newClientId() {
-  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
-  bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
 // ---- times and days (the reader's local time) ------------------------------
@@ -247,18 +171,6 @@ function timeElement(when, iso) {
 
 // ---- the log ---------------------------------------------------------------
 
-function remember(id) {
-  seen.add(id);
-  if (seen.size > SEEN_MAX) {
-    // A Set iterates in insertion order: drop the ids remembered first.
-    let excess = seen.size - SEEN_MAX;
-    for (const old of seen) {
-      if (excess-- <= 0) break;
-      seen.delete(old);
-    }
-  }
-}
-
 function messageItem(message) {
   const when = new Date(message.ts);
   const item = document.createElement("li");
@@ -297,13 +209,12 @@ function deleteButton(message) {
   button.setAttribute("aria-label", format(gettext("Delete the message from %(user)s"), { user: message.user }));
   button.addEventListener("click", () => {
     if (!window.confirm(gettext("Delete this message for everyone?"))) return;
-    if (!isOpen()) {
+    if (!session.send({ delete: message.id })) {
       showError(gettext("Not connected: try again when the chat is back."));
       return;
     }
     button.disabled = true;
     lastRequest = "delete";
-    socket.send(JSON.stringify({ delete: message.id }));
   });
   return button;
 }
@@ -330,12 +241,11 @@ function muteButton(message) {
   button.addEventListener("click", () => {
     const question = gettext("Mute %(user)s in this room for %(minutes)s minutes?");
     if (!window.confirm(format(question, { user: message.user, minutes: MUTE_MINUTES }))) return;
-    if (!isOpen()) {
+    if (!session.send({ mute: message.user, minutes: MUTE_MINUTES })) {
       showError(gettext("Not connected: try again when the chat is back."));
       return;
     }
     lastRequest = "mute";
-    socket.send(JSON.stringify({ mute: message.user, minutes: MUTE_MINUTES }));
   });
   return button;
 }
@@ -360,10 +270,6 @@ function isNearBottom() {
 // A new message, in id order: after every message shown so far, before the
 // pending ones (which are always last).
 function show(message) {
-  if (seen.has(message.id)) return;
-  remember(message.id);
-  lastId = Math.max(lastId, message.id);
-  lowestId = lowestId === null ? message.id : Math.min(lowestId, message.id);
   // Our own message, acknowledged before it came: it replaces its stand-in.
   const standIn = log.querySelector(":scope > li.acked[data-id='" + message.id + "']");
   if (standIn) standIn.remove();
@@ -394,17 +300,11 @@ function announce(message) {
 
 // An "older" page, oldest first, all older than anything shown: goes on
 // top, and the reader's view stays where it was.
-let olderBatch = [];
-
-function showOlder(messages) {
-  const fresh = messages.filter((m) => !seen.has(m.id));
-  if (!fresh.length) return;
+function showOlder(fresh) {
   const fromBottom = log.scrollHeight - log.scrollTop;
   const batch = document.createDocumentFragment();
   let day = null;
   for (const message of fresh) {
-    remember(message.id);
-    lowestId = lowestId === null ? message.id : Math.min(lowestId, message.id);
     const { item, when } = messageItem(message);
     if (localDay(when) !== day) {
       day = localDay(when);
@@ -439,38 +339,15 @@ function setOlderAvailable(more) {
   olderRow.hidden = !more;
   olderButton.disabled = false;
   olderButton.textContent = gettext("Load older messages");
-  loadingOlder = false;
 }
 
 olderButton.addEventListener("click", () => {
-  if (loadingOlder || lowestId === null || !isOpen()) return;
-  loadingOlder = true;
+  if (!session.loadOlder()) return;
   olderButton.disabled = true;
   olderButton.textContent = gettext("Loading…");
-  olderBatch = [];
-  socket.send(JSON.stringify({ before: lowestId }));
 });
 
 // ---- the outbox ------------------------------------------------------------
-
-function loadOutbox() {
-  try {
-    const saved = JSON.parse(sessionStorage.getItem(OUTBOX_KEY) || "[]");
-    return Array.isArray(saved) ? saved.filter((e) => e && typeof e.clientId === "string") : [];
-  } catch {
-    return [];
-  }
-}
-
-function saveOutbox() {
-  const kept = outbox.map(({ clientId, message, user, ts }) => ({ clientId, message, user, ts }));
-  try {
-    if (kept.length) sessionStorage.setItem(OUTBOX_KEY, JSON.stringify(kept));
-    else sessionStorage.removeItem(OUTBOX_KEY);
-  } catch {
-    // Storage full or refused: the outbox still lives as long as the page.
-  }
-}
 
 function pendingItem(entry) {
   const when = new Date(entry.ts);
@@ -487,74 +364,48 @@ function pendingItem(entry) {
   note.className = "note";
   note.textContent = gettext("sending…");
   item.append(timeElement(when, entry.ts), user, text, note);
+  items.set(entry.clientId, item);
   return item;
 }
 
 function setNote(entry, text) {
-  if (entry.item) entry.item.querySelector(".note").textContent = text;
+  const item = items.get(entry.clientId);
+  if (item) item.querySelector(".note").textContent = text;
 }
 
-function findEntry(clientId) {
-  return outbox.find((entry) => entry.clientId === clientId);
-}
+// Why an entry waits to be sent again (the refusal's code).
+const WAITING_FOR = {
+  store_failed: gettext("not stored yet"),
+  broadcast_failed: gettext("not delivered live yet"),
+  rate_limited: gettext("waiting for the rate limit"),
+};
 
-function dropEntry(entry) {
-  const index = outbox.indexOf(entry);
-  if (index >= 0) outbox.splice(index, 1);
-  saveOutbox();
-}
-
-function sendEntry(entry) {
-  const frame = { message: entry.message, client_id: entry.clientId };
-  if (entry.user) frame.user = entry.user;
-  socket.send(JSON.stringify(frame));
-  entry.sentOn = generation;
-  entry.maybeStored = true;
-}
-
-// Sends what the outbox holds and this connection has not sent yet, in
-// order. One waiting to be retried holds back those after it, so the room
-// sees them in the order they were typed.
-function pump() {
-  clearTimeout(resendTimer);
-  if (!isOpen()) return;
-  const now = Date.now();
-  for (const entry of outbox) {
-    if (entry.retryAt && entry.retryAt > now) {
-      resendTimer = setTimeout(pump, entry.retryAt - now);
-      return;
-    }
-    if (entry.sentOn !== generation) {
-      entry.retryAt = 0;
-      sendEntry(entry);
-    }
+function showNote(entry, kind, info) {
+  if (kind === "sending") setNote(entry, gettext("sending…"));
+  else if (kind === "waiting") setNote(entry, gettext("sending when connected…"));
+  else if (kind === "retrying") {
+    const reason = WAITING_FOR[info.code] || info.code;
+    setNote(entry, format(gettext("%(reason)s; trying again in %(seconds)s s…"), { reason, seconds: info.seconds }));
   }
 }
 
-function resendLater(entry, note) {
-  entry.retries = (entry.retries || 0) + 1;
-  const ceiling = Math.min(RESEND_MAX_MS, RESEND_BASE_MS * 2 ** (entry.retries - 1));
-  const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-  entry.retryAt = Date.now() + delay;
-  entry.sentOn = null;
-  setNote(entry, format(gettext("%(reason)s; trying again in %(seconds)s s…"), { reason: note, seconds: Math.ceil(delay / 1000) }));
-  pump();
-}
-
-// The server refused the message for good: it leaves the outbox and its text
-// goes back to the user, in the message box if that is free (or still holds
-// it), otherwise in the log with a button to edit it.
-function giveBack(entry, reason) {
-  dropEntry(entry);
+// The server refused the message for good: its text goes back to the user,
+// in the message box if that is free (or still holds it), otherwise in the
+// log with a button to edit it.
+function giveBack(entry, frame) {
+  const reason = refusalText(frame);
+  const item = items.get(entry.clientId);
+  items.delete(entry.clientId);
   const boxIsFree = messageInput.value === "" || messageInput.value === entry.message;
   if (boxIsFree) {
-    entry.item.remove();
+    item.remove();
     messageInput.value = entry.message;
     messageInput.focus();
   } else {
-    entry.item.classList.replace("pending", "failed");
-    entry.item.dataset.clientId = "";
-    setNote(entry, format(gettext("not sent: %(reason)s"), { reason }));
+    item.classList.replace("pending", "failed");
+    item.dataset.clientId = "";
+    const note = item.querySelector(".note");
+    note.textContent = format(gettext("not sent: %(reason)s"), { reason });
     const edit = document.createElement("button");
     edit.type = "button";
     edit.className = "edit";
@@ -564,106 +415,50 @@ function giveBack(entry, reason) {
         showError(gettext("Send or clear what is in the box first: Edit would replace it."));
         return;
       }
-      entry.item.remove();
+      item.remove();
       messageInput.value = entry.message;
       messageInput.focus();
     });
-    entry.item.querySelector(".note").append(edit);
+    note.append(edit);
   }
   if (heldClientId === entry.clientId) heldClientId = null;
   showError(format(gettext("Not sent: %(reason)s"), { reason }), true);
 }
 
-function onAck(frame) {
-  const entry = findEntry(frame.ack);
-  if (!entry) return; // acknowledged already (a resend's second ack)
-  dropEntry(entry);
+// id: the message's, when the message itself is still on its way (or comes
+// with a resync): until then the item stands for it, as sent, after the
+// messages shown so far.
+function onAcked(entry, id) {
+  const item = items.get(entry.clientId);
+  items.delete(entry.clientId);
   if (heldClientId === entry.clientId) {
     heldClientId = null;
     if (messageInput.value === entry.message) messageInput.value = "";
   }
-  if (typeof frame.id === "number" && !seen.has(frame.id)) {
-    // The message itself is on its way (or comes with a resync): until then
-    // the item stands for it, as sent, after the messages shown so far. Its
-    // id is not the cursor's: messages before it may still be on their way.
-    entry.item.dataset.id = frame.id;
-    entry.item.className = "message acked";
-    entry.item.querySelector(".note").remove();
-    log.insertBefore(entry.item, firstPending());
+  if (id !== null) {
+    item.dataset.id = id;
+    item.className = "message acked";
+    item.querySelector(".note").remove();
+    log.insertBefore(item, firstPending());
   } else {
-    entry.item.remove();
+    item.remove();
   }
 }
 
-function onRefused(frame) {
-  const entry = findEntry(frame.client_id);
-  if (!entry) {
-    showError(refusalText(frame));
-    return;
-  }
-  if (RETRY_LATER.has(frame.code)) {
-    // store_failed: the database refused it, nothing was stored; the server
-    // asks for it again later, so the outbox retries by itself, with
-    // backoff, for as long as the page is open (a resend is stored once
-    // however often it is sent). broadcast_failed: stored, not relayed; the
-    // resend is acknowledged as a duplicate and the message comes by resync.
-    showError(refusalText(frame));
-    resendLater(entry, frame.code === "store_failed" ? gettext("not stored yet") : gettext("not delivered live yet"));
-  } else if (frame.code === "rate_limited" && !entry.fresh) {
-    // A backlog resent after a reconnect can outrun the rate limit by
-    // itself; the user did nothing wrong, so it goes out a little later.
-    resendLater(entry, gettext("waiting for the rate limit"));
-  } else {
-    giveBack(entry, refusalText(frame));
+// An error frame that gives no message back: shown for a while.
+function onError(frame) {
+  const muting = frame.code === "not_allowed" && lastRequest === "mute";
+  showError(muting ? MUTE_NOT_ALLOWED : refusalText(frame));
+  if (frame.code === "not_allowed" || frame.code === "not_found" || frame.code === "moderation_rate_limited") {
+    for (const button of log.querySelectorAll("button.delete:disabled")) button.disabled = false;
   }
 }
 
-form.addEventListener("submit", (event) => {
-  event.preventDefault();
-  const text = messageInput.value;
-  if (!text.trim()) return;
-  hideError();
-  const held = heldClientId && findEntry(heldClientId);
-  if (held && held.message === text) {
-    pump(); // Enter again on a message already on its way: no second copy
-    return;
-  }
-  const user = userInput.value.trim();
-  if (!config.signedIn) localStorage.setItem(NICKNAME_KEY, user);
-  const entry = { clientId: newClientId(), message: text, user, ts: new Date().toISOString() };
-  entry.item = pendingItem(entry);
-  const waiting = outbox.length > 0 && outbox.some((e) => e.sentOn !== generation);
-  entry.fresh = isOpen() && !waiting;
-  outbox.push(entry);
-  saveOutbox();
-  heldClientId = entry.clientId;
-  log.append(entry.item);
-  log.scrollTop = log.scrollHeight;
-  if (!isOpen()) setNote(entry, gettext("sending when connected…"));
-  pump();
-  messageInput.focus();
-});
-
-// Whatever a previous load of this tab left unacknowledged (and perhaps
-// stored, its ack lost with the page).
-for (const entry of outbox) {
-  entry.maybeStored = true;
-  entry.item = pendingItem(entry);
-  log.append(entry.item);
-}
-
-// ---- the connection --------------------------------------------------------
-
-function socketUrl() {
-  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-  // presence=1: the server tells this page who is here (a server before
-  // presence ignores it and the list stays hidden).
-  // pages=1: the backlog ends with a page frame, and this page asks for every
-  // next page itself. (A server before it sends none after a small backlog:
-  // the cursor of a message shown then decides, or a fresh join if none was.)
-  const query = new URLSearchParams({ presence: "1", pages: "1" });
-  if (joined || lastId) query.set("since", lastId);
-  return `${scheme}//${window.location.host}/ws/chat/${encodeURIComponent(config.room)}/?${query}`;
+function onNoAccess() {
+  presenceBox.hidden = true;
+  showError(gettext("You no longer have access to this room."), true);
+  messageInput.disabled = true;
+  form.querySelector("button[type=submit]").disabled = true;
 }
 
 // ---- who is here -----------------------------------------------------------
@@ -705,172 +500,56 @@ function showPresence(frame) {
   presenceBox.hidden = false;
 }
 
-function onPageEnd(frame) {
-  if (frame.page === "history") {
-    // (Unless the room had messages and none came: a history limit of 0.)
-    if (lastId || !frame.more) joined = true;
-    setOlderAvailable(Boolean(frame.more));
-  } else if (frame.page === "older") {
-    // The button's row first: hiding it after would move the view.
-    setOlderAvailable(Boolean(frame.more));
-    showOlder(olderBatch);
-    olderBatch = [];
-  } else if (frame.page === "resync" && frame.more) {
-    // More missed messages wait on the server: ask for the next page.
-    const since = typeof frame.last === "number" ? frame.last : lastId;
-    if (isOpen()) socket.send(JSON.stringify({ since }));
-  } else if (frame.page === "resync") {
-    joined = true; // the room up to now, from the cursor
-  }
-}
+// ---- the session -----------------------------------------------------------
 
-function holdUntilAnswered() {
-  const resent = outbox.filter((entry) => entry.maybeStored).map((entry) => entry.clientId);
-  if (!resent.length) return;
-  awaiting = new Set(resent);
-  clearTimeout(answerTimer);
-  answerTimer = setTimeout(releaseFrames, ANSWER_WAIT_MS);
-}
-
-function answered(clientId) {
-  if (awaiting && awaiting.delete(clientId) && awaiting.size === 0) releaseFrames();
-}
-
-function releaseFrames() {
-  clearTimeout(answerTimer);
-  awaiting = null;
-  const frames = heldFrames;
-  heldFrames = [];
-  for (const frame of frames) onRoomFrame(frame);
-}
-
-function onFrame(data) {
-  if (data === null || typeof data !== "object") return;
-  if (typeof data.ack === "string") {
-    onAck(data);
-    answered(data.ack);
-  } else if (typeof data.error === "string") {
-    if (typeof data.client_id === "string") {
-      onRefused(data);
-      answered(data.client_id);
-    } else if (data.code === "page_rate_limited" && typeof data.since === "number") {
-      // The next resync page, asked too fast (a long way behind): asked again
-      // when the server says, on this connection (a new one resyncs itself).
-      const asked = socket;
-      setTimeout(() => {
-        if (asked === socket && isOpen()) socket.send(JSON.stringify({ since: data.since }));
-      }, Math.max(Number(data.retry_after) || 1, 0.05) * 1000);
-    } else {
-      // A refusal of no message: a deletion, a mute, a request, the cursor.
-      const muting = data.code === "not_allowed" && lastRequest === "mute";
-      showError(muting ? MUTE_NOT_ALLOWED : refusalText(data));
-      if (data.code === "page_rate_limited" && loadingOlder) setOlderAvailable(true); // the button asks again
-      if (data.code === "not_allowed" || data.code === "not_found" || data.code === "moderation_rate_limited") {
-        for (const button of log.querySelectorAll("button.delete:disabled")) button.disabled = false;
-      }
-    }
-  } else if (awaiting) {
-    heldFrames.push(data);
-  } else {
-    onRoomFrame(data);
-  }
-}
-
-// A live message without "seq" comes from an app server of a release before
-// acks (during a rolling deploy): it will never acknowledge anything, so the
-// echo of a message this connection sent stands for the ack, or the message
-// would stay pending and be stored again at every reconnect.
-function ackByEcho(message) {
-  if ("seq" in message || message.history || message.resync) return;
-  const entry = outbox.find((e) => e.sentOn === generation && e.message === message.message);
-  if (entry) onAck({ ack: entry.clientId, id: message.id });
-}
-
-function onRoomFrame(data) {
-  if (typeof data.page === "string") onPageEnd(data);
-  else if (typeof data.deleted === "number") removeMessage(data.deleted);
-  else if (typeof data.restricted === "string") onRestricted(data);
-  else if (Array.isArray(data.presence)) showPresence(data);
-  else if (typeof data.id === "number") {
-    ackByEcho(data);
-    if (loadingOlder && data.history && (lowestId === null || data.id < lowestId)) olderBatch.push(data);
-    else show(data);
-  }
-  // Anything else is a frame from a newer server: ignored.
-}
-
-function connect() {
-  clearTimeout(retryTimer);
-  retryTimer = null;
-  generation += 1;
-  const current = new WebSocket(socketUrl());
-  socket = current;
-  statusFromSocket();
-  current.addEventListener("open", () => {
-    setStatus("connected");
-    clearTimeout(stableTimer);
-    stableTimer = setTimeout(() => { attempts = 0; }, STABLE_AFTER_MS);
-    for (const entry of outbox) {
-      entry.retryAt = 0; // a new connection is a new chance for every one
-      setNote(entry, gettext("sending…"));
-    }
-    holdUntilAnswered();
-    pump();
-  });
-  current.addEventListener("message", (event) => {
-    if (statusBadge.dataset.state !== "connected") statusFromSocket();
-    let data;
-    try {
-      data = JSON.parse(event.data);
-    } catch {
-      return;
-    }
-    onFrame(data);
-  });
-  current.addEventListener("close", (event) => {
-    if (socket !== current) return;
-    socket = null;
-    presenceBox.classList.add("stale"); // who was here, until the next connection says
-    clearTimeout(stableTimer);
-    clearTimeout(resendTimer);
-    // Held messages were not shown, so the cursor has not passed them: the
-    // next connection's resync brings them again.
-    clearTimeout(answerTimer);
-    awaiting = null;
-    heldFrames = [];
-    if (loadingOlder) setOlderAvailable(true); // the request died with the socket
-    if (event.code === NO_ACCESS) {
-      // The room was made private, or this account left its members:
-      // reconnecting would only be refused.
-      setStatus("closed");
-      presenceBox.hidden = true;
-      showError(gettext("You no longer have access to this room."), true);
-      messageInput.disabled = true;
-      form.querySelector("button[type=submit]").disabled = true;
-      return;
-    }
-    for (const entry of outbox) setNote(entry, gettext("sending when connected…"));
-    scheduleReconnect();
-  });
-}
-
-function scheduleReconnect() {
-  attempts += 1;
-  // Exponential backoff with jitter, so that every client of a restarted
-  // server does not come back in the same instant.
-  const ceiling = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** (attempts - 1));
-  const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-  statusFromSocket();
-  retryTimer = setTimeout(connect, delay);
-}
-
-window.addEventListener("online", () => {
-  if (socket) {
-    statusFromSocket(); // the socket lived through the blip: say so
-  } else if (retryTimer !== null) {
-    connect(); // the network is back: no need to wait out the backoff
-  }
+const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+const session = new ChatSession({
+  room: config.room,
+  endpoint: `${scheme}//${window.location.host}/ws/chat/${encodeURIComponent(config.room)}/`,
+  storage: window.sessionStorage,
+  isOnline: () => navigator.onLine,
+  view: {
+    status: setStatus,
+    message: show,
+    older: showOlder,
+    olderAvailable: setOlderAvailable,
+    acked: onAcked,
+    note: showNote,
+    givenBack: giveBack,
+    error: onError,
+    deleted: removeMessage,
+    restricted: onRestricted,
+    presence: showPresence,
+    presenceStale: () => presenceBox.classList.add("stale"),
+    noAccess: onNoAccess,
+  },
 });
-window.addEventListener("offline", () => setStatus("offline"));
 
-connect();
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = messageInput.value;
+  if (!text.trim()) return;
+  hideError();
+  const held = heldClientId && session.find(heldClientId);
+  if (held && held.message === text) {
+    session.pump(); // Enter again on a message already on its way: no second copy
+    return;
+  }
+  const user = userInput.value.trim();
+  if (!config.signedIn) localStorage.setItem(NICKNAME_KEY, user);
+  const entry = session.post(text, user);
+  heldClientId = entry.clientId;
+  log.append(pendingItem(entry));
+  log.scrollTop = log.scrollHeight;
+  if (!session.isOpen()) showNote(entry, "waiting");
+  messageInput.focus();
+});
+
+// Whatever a previous load of this tab left unacknowledged (and perhaps
+// stored, its ack lost with the page).
+for (const entry of session.outbox) log.append(pendingItem(entry));
+
+window.addEventListener("online", () => session.networkChanged(true));
+window.addEventListener("offline", () => session.networkChanged(false));
+
+session.connect();
