@@ -4,7 +4,7 @@ import js from "@eslint/js";
 import globals from "globals";
 
 export default [
-  { ignores: ["node_modules/", "app/staticfiles/", "artifacts/", ".venv/"] },
+  { ignores: ["node_modules/", "app/staticfiles/", "artifacts/", ".venv/", ".build/"] },
   js.configs.recommended,
   {
     files: ["app/chat/static/**/*.js"],
