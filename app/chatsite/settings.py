@@ -147,6 +147,9 @@ def sentinel_host(sentinels, master, password, tls_ca_file="", connect_timeout=R
         host, _, port = sentinel.rpartition(":")
         if not host or not port.isdigit():
             raise ImproperlyConfigured(f"REDIS_SENTINELS must list host:port entries, not {sentinel!r}.")
+        # An IPv6 address comes in brackets, as in a URL ([fd00::5]:26379); the socket wants it bare.
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
         addresses.append((host, int(port)))
     if not master:
         raise ImproperlyConfigured("REDIS_SENTINEL_MASTER must name the master the sentinels watch.")

@@ -167,6 +167,11 @@ def test_channel_layer_through_redis_sentinel():
     ]
 
 
+def test_sentinels_on_ipv6_addresses_are_given_bare_to_the_socket():
+    sentinel = sentinel_host(["[fd00::5]:26379", "[fd00::6]:26380"], "chat", "s3cret")
+    assert sentinel["sentinels"] == [("fd00::5", 26379), ("fd00::6", 26380)]
+
+
 @pytest.mark.parametrize(("sentinels", "master", "message"), [(["10.0.0.5"], "chat", "host:port"), (["a:1"], "", "MASTER")])
 def test_bad_sentinel_settings_are_refused(sentinels, master, message):
     with pytest.raises(ImproperlyConfigured, match=message):

@@ -11,7 +11,6 @@ HttpsProbeFailing (the verify setting was read on the monitoring host).
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rendering import ROOT, run_play  # noqa: E402 (tests/rendering.py)
 
 # The roles' defaults (and what vars/site.yml derives) as the lowest layer of
 # the inventory, so that the case's own group and host variables win over them
@@ -70,21 +69,7 @@ RENDER = """\
 
 
 def run(tmp_path, name, play, defaults, inventory, site_vars):
-    run_dir = tmp_path / name
-    group_vars = run_dir / "group_vars/all"
-    group_vars.mkdir(parents=True)
-    merged = {}
-    for path in defaults:
-        merged.update(yaml.safe_load((ROOT / path).read_text()))
-    (group_vars / "00-defaults.yml").write_text(yaml.safe_dump(merged))
-    (group_vars / "10-site.yml").write_text(yaml.safe_dump(site_vars or {}))
-    (run_dir / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    (run_dir / "play.yml").write_text(play.format(root=ROOT, out=tmp_path))
-    result = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(run_dir / "hosts.yml"), "-e", f"ansible_python_interpreter={sys.executable}",
-         str(run_dir / "play.yml")],
-        capture_output=True, text=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_play(tmp_path / name, play.format(root="{root}", out=tmp_path), defaults, inventory, site_vars)
 
 
 def render(tmp_path, inventory, site_vars=None, listens=True):
