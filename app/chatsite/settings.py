@@ -228,6 +228,9 @@ if not SECRET_KEY:
             "(the deployment generates one), or set DJANGO_DEBUG=true on a development machine."
         )
     SECRET_KEY = "django-insecure-development-only"
+# Earlier keys, still accepted for what they signed (sessions, password reset
+# links) while a rotation settles: comma-separated, newest first.
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS")
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS")
 if not ALLOWED_HOSTS and not DEBUG:

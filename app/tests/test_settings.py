@@ -40,6 +40,40 @@ def test_production_settings_start():
     assert result.stdout.strip() == "False", "DEBUG is off by default"
 
 
+# Signs a user in under one key (as the site ran before a rotation), or reads
+# whether that session is still signed in under the keys now in force.
+SESSION = """
+import sys, django
+django.setup()
+from django.core.management import call_command
+from django.contrib.auth.models import User
+from django.test import Client
+if sys.argv[1] == "sign-in":
+    call_command("migrate", verbosity=0)
+    User.objects.create_user("ann", password="correct horse battery staple")
+    client = Client()
+    assert client.login(username="ann", password="correct horse battery staple")
+    print(client.cookies["sessionid"].value)
+else:
+    client = Client()
+    client.cookies["sessionid"] = sys.argv[2]
+    print(client.get("/").wsgi_request.user.is_authenticated)
+"""
+
+
+@pytest.mark.parametrize(("fallbacks", "signed_in"), [("o" * 50, "True"), ("", "False")])
+def test_a_rotated_secret_key_keeps_sessions_through_its_fallbacks(tmp_path, fallbacks, signed_in):
+    """Rotating DJANGO_SECRET_KEY with the old key in DJANGO_SECRET_KEY_FALLBACKS signs nobody out (README)."""
+    database = {"DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"), "DJANGO_ALLOWED_HOSTS": "testserver"}
+    before = run_python(SESSION.replace("sys.argv[1]", "'sign-in'"), {**database, "DJANGO_SECRET_KEY": "o" * 50})
+    assert before.returncode == 0, before.stderr
+    session = before.stdout.strip()
+    after = run_python(SESSION.replace("sys.argv[1]", "'check'").replace("sys.argv[2]", repr(session)),
+                       {**database, "DJANGO_SECRET_KEY": "n" * 50, "DJANGO_SECRET_KEY_FALLBACKS": fallbacks})
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.strip() == signed_in
+
+
 def test_missing_secret_key_with_debug_off_fails_clearly():
     result = run_python(SETUP, {"DJANGO_ALLOWED_HOSTS": "chat.example.org"})
     assert result.returncode != 0

@@ -62,6 +62,10 @@ CASES = [
      "chat_app_server: ",
      {"chat_app_secret_key": "must be at least 32 characters (got 50)",
       "chat_app_allowed_hosts": "as a list (got ['chat.test'])"}),
+    ("chat_app", "validate", {"chat_app_secret_key": "s" * 50, "chat_app_allowed_hosts": ["chat.test"],
+                              "chat_app_secret_key_fallbacks": ["o" * 50, "too-short-old-key"]},
+     "chat_app_secret_key_fallbacks: must be a list of earlier keys, each at least 32 characters (got 2 entries).",
+     {"chat_app_allowed_hosts": "as a list (got ['chat.test'])"}),
 ]
 
 
