@@ -140,9 +140,16 @@ def check_pages(site, room):
     script = re.search(r'src="(/static/[^"]*room[^"]*\.js)"', page)
     expect(script, "the room page links no room script under /static/")
     status, headers, code = site.get(script.group(1))
-    expect(status == 200 and "WebSocket" in code, f"{script.group(1)} answered {status}")
+    expect(status == 200 and "import" in code, f"{script.group(1)} answered {status}")
     expect("max-age" in (headers.get("Cache-Control") or ""), f"{script.group(1)} has no caching header")
     check_security_headers(site, script.group(1), headers)
+    # room.js (the view) imports session.js (the websocket) by its hashed name, beside it.
+    module = re.search(r'from "\./(session[^"]*\.js)"', code)
+    expect(module, f"{script.group(1)} imports no session module")
+    module_path = script.group(1).rsplit("/", 1)[0] + "/" + module.group(1)
+    status, headers, code = site.get(module_path)
+    expect(status == 200 and "WebSocket" in code, f"{module_path} answered {status}")
+    expect("max-age" in (headers.get("Cache-Control") or ""), f"{module_path} has no caching header")
     if not site.admin_checked:
         # Once: nginx throttles this page per address (nginx_login_requests_per_minute),
         # and retries every second would use the budget up and hide the real failure.
