@@ -660,7 +660,8 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 # observation would look like a counter reset to Prometheus.
                 metrics.delivery_seconds.observe(max(time.time() - stored, 0.0))
         if steps.gap_wait == START and self.gap_task is None:
-            self.gap_task = asyncio.create_task(self.wake_after_gap_wait())
+            # When the layer is down, chat.resync does the same once it is back.
+            self.gap_task = asyncio.create_task(self.wake_later(GAP_WAIT_SECONDS, "chat.gap", "gap_task", "fill a gap"))
         elif steps.gap_wait == STOP and self.gap_task is not None:
             self.gap_task.cancel()
             self.gap_task = None
@@ -669,19 +670,25 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
                 self.page_wait_task.cancel()
                 self.page_wait_task = None
             if steps.page_wait == START:
-                self.page_wait_task = asyncio.create_task(self.wake_after_page_wait())
+                # When the layer is down, the client pages, or reconnects with its cursor.
+                self.page_wait_task = asyncio.create_task(
+                    self.wake_later(PAGE_WAIT_SECONDS, "chat.next_page", "page_wait_task", "send the next page"))
 
-    async def wake_after_page_wait(self):
-        """After PAGE_WAIT_SECONDS, has this consumer send the next page (chat.next_page, through its own channel)."""
-        await asyncio.sleep(PAGE_WAIT_SECONDS)
+    async def wake_later(self, seconds, event_type, task_attribute, why):
+        """After `seconds`, sends this consumer `event_type` through its own channel (the gap and page waits).
+
+        The wait is the task held in `task_attribute`. Cancelled (no longer
+        needed), it may already have been followed by a newer one: that one
+        stays.
+        """
+        await asyncio.sleep(seconds)
         try:
-            await self.channel_layer.send(self.channel_name, {"type": "chat.next_page"})
+            await self.channel_layer.send(self.channel_name, {"type": event_type})
         except Exception as error:
-            # The layer is down: the client pages, or reconnects with its cursor.
-            logger.warning("Could not wake connection %s to send the next page: %s", self.channel_name, error)
+            logger.warning("Could not wake connection %s to %s: %s", self.channel_name, why, error)
         finally:
-            if self.page_wait_task is asyncio.current_task():
-                self.page_wait_task = None
+            if getattr(self, task_attribute) is asyncio.current_task():
+                setattr(self, task_attribute, None)
 
     async def chat_next_page(self, event):
         """The client did not ask for the next page (a client written before pages never does): sent unasked."""
@@ -722,20 +729,6 @@ class ChatConsumer(RelayDispatchMixin, AsyncWebsocketConsumer):
         await self.follow(steps)
         if steps.catch_up:
             await self.catch_up(metrics.catch_ups_for_gap)
-
-    async def wake_after_gap_wait(self):
-        """After GAP_WAIT_SECONDS, has this consumer read what it still misses (chat.gap, through its own channel)."""
-        await asyncio.sleep(GAP_WAIT_SECONDS)
-        try:
-            await self.channel_layer.send(self.channel_name, {"type": "chat.gap"})
-        except Exception as error:
-            # The layer is down: when it is back, chat.resync does the same.
-            logger.warning("Could not wake connection %s to fill a gap: %s", self.channel_name, error)
-        finally:
-            # Cancelled (the gap was filled), this wait may already have been
-            # followed by a newer one: that one stays.
-            if self.gap_task is asyncio.current_task():
-                self.gap_task = None
 
     async def chat_gap(self, event):
         if self.delivery.gap_wait_over():
