@@ -61,34 +61,35 @@ async def test_a_client_that_does_not_ask_never_gets_a_presence_frame(channel_la
         assert await plain.receive_nothing(timeout=presence.SOON_SECONDS + 0.5)
 
 
-def test_presence_spans_server_processes_and_forgets_a_server_that_dies(tmp_path, redis_url):
+@pytest.fixture
+def two_servers(tmp_path, redis_url):
+    """Two chat-daphne servers on one Redis, emptied first."""
     redis.Redis.from_url(redis_url).flushdb()
     first = LiveServer("daphne", tmp_path, redis_url)
     second = LiveServer("daphne", tmp_path, redis_url)
     try:
-
-        async def run():
-            room = "/ws/chat/here/?presence=1"
-            async with websockets.connect(second.ws + room, origin=ORIGIN) as watcher:
-                async def until(predicate, seconds):
-                    async with asyncio.timeout(seconds):
-                        while True:
-                            frame = json.loads(await watcher.recv())
-                            if "presence" in frame and predicate(frame):
-                                return frame
-
-                async with websockets.connect(first.ws + room, origin=ORIGIN) as ann:
-                    await ann.send(json.dumps({"message": "hello", "user": "ann"}))
-                    await until(lambda frame: frame["presence"] == [{"user": "ann", "guest": True}], 15)
-                    # ann's server dies without a word; the watcher's server
-                    # notices once ann's entry expires (TTL, plus a heartbeat).
-                    first.process.send_signal(signal.SIGKILL)
-                    await until(lambda frame: frame["presence"] == [], presence.TTL_SECONDS + 10)
-
-        asyncio.run(run())
+        yield first, second
     finally:
         first.stop()
         second.stop()
+
+
+def test_presence_spans_server_processes_and_forgets_a_server_that_dies(two_servers):
+    first, second = two_servers
+
+    async def run():
+        room = "/ws/chat/here/?presence=1"
+        async with websockets.connect(second.ws + room, origin=ORIGIN) as watcher:
+            until, _ = presence_frames(watcher)
+            async with websockets.connect(first.ws + room, origin=ORIGIN) as ann:
+                await ann.send(json.dumps({"message": "hello", "user": "ann"}))
+                await until(lambda frame: frame["presence"] == [{"user": "ann", "guest": True}], 15)
+                # ann's server dies without a word; the watcher's server
+                # notices once ann's entry expires (TTL, plus a heartbeat).
+                first.process.send_signal(signal.SIGKILL)
+                await until(lambda frame: frame["presence"] == [], presence.TTL_SECONDS + 10)
+
+    asyncio.run(run())
 
 
 def presence_frames(watcher):
@@ -123,29 +124,23 @@ ANN = {"user": "ann", "guest": True}
 EVERY_SERVER_HAS_SPOKEN = 2 * presence.HEARTBEAT_SECONDS + 1
 
 
-def test_one_change_makes_one_presence_frame_per_client_however_many_servers(tmp_path, redis_url):
-    redis.Redis.from_url(redis_url).flushdb()
-    first = LiveServer("daphne", tmp_path, redis_url)
-    second = LiveServer("daphne", tmp_path, redis_url)
-    try:
+def test_one_change_makes_one_presence_frame_per_client_however_many_servers(two_servers):
+    first, second = two_servers
 
-        async def run():
-            room = "/ws/chat/here/?presence=1"
-            async with (websockets.connect(first.ws + room, origin=ORIGIN) as one,
-                        websockets.connect(second.ws + room, origin=ORIGIN) as two):
-                watchers = [presence_frames(one), presence_frames(two)]
-                for until, _ in watchers:
-                    await until(lambda frame: frame["anonymous"] == 2, 15)
-                for _, quiet in watchers:  # whatever the servers still had to say about the two watchers
-                    await quiet(presence.HEARTBEAT_SECONDS + 1)
-                async with websockets.connect(first.ws + "/ws/chat/here/", origin=ORIGIN):
-                    said = await asyncio.gather(*(quiet(EVERY_SERVER_HAS_SPOKEN) for _, quiet in watchers))
-                assert said == [[{"presence": [], "anonymous": 3}]] * 2  # once each, not once per server
+    async def run():
+        room = "/ws/chat/here/?presence=1"
+        async with (websockets.connect(first.ws + room, origin=ORIGIN) as one,
+                    websockets.connect(second.ws + room, origin=ORIGIN) as two):
+            watchers = [presence_frames(one), presence_frames(two)]
+            for until, _ in watchers:
+                await until(lambda frame: frame["anonymous"] == 2, 15)
+            for _, quiet in watchers:  # whatever the servers still had to say about the two watchers
+                await quiet(presence.HEARTBEAT_SECONDS + 1)
+            async with websockets.connect(first.ws + "/ws/chat/here/", origin=ORIGIN):
+                said = await asyncio.gather(*(quiet(EVERY_SERVER_HAS_SPOKEN) for _, quiet in watchers))
+            assert said == [[{"presence": [], "anonymous": 3}]] * 2  # once each, not once per server
 
-        asyncio.run(run())
-    finally:
-        first.stop()
-        second.stop()
+    asyncio.run(run())
 
 
 def test_servers_whose_clocks_disagree_agree_on_who_is_here(tmp_path, redis_url):
