@@ -9,6 +9,7 @@ node (connection: local) and only render templates or write values out.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,11 @@ def run_play(run_dir, play, defaults, inventory, site_vars=None):
          str(run_dir / "play.yml")],
         capture_output=True, text=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def prometheus_tool(name):
+    """promtool or amtool: unpacked from Debian's packages by scripts/bootstrap test, else on PATH."""
+    unpacked = ROOT / ".build/prometheus/usr/bin" / name
+    found = unpacked if unpacked.exists() else shutil.which(name)
+    assert found, f"{name} not found: run scripts/bootstrap test (it unpacks Debian's prometheus packages into .build)"
+    return str(found)

@@ -17,17 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rendering import ROOT, prometheus_tool  # noqa: E402 (tests/rendering.py)
+
 ROLE = ROOT / "ansible/roles/monitoring"
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
 TESTS = Path(__file__).with_name("chat_rules_test.yml")
-
-
-def tool(name):
-    unpacked = ROOT / ".build/prometheus/usr/bin" / name
-    found = unpacked if unpacked.exists() else shutil.which(name)
-    assert found, f"{name} not found: run scripts/bootstrap test (it unpacks Debian's prometheus packages into .build)"
-    return str(found)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +66,11 @@ def alerts(rules_file):
 
 
 def test_the_rules_pass_promtools_check(rendered):
-    subprocess.run([tool("promtool"), "check", "rules", str(rendered / "chat.yml")], check=True)
+    subprocess.run([prometheus_tool("promtool"), "check", "rules", str(rendered / "chat.yml")], check=True)
 
 
 def test_every_alert_fires_and_stays_quiet_as_its_cases_say(rendered):
-    result = subprocess.run([tool("promtool"), "test", "rules", TESTS.name], cwd=rendered,
+    result = subprocess.run([prometheus_tool("promtool"), "test", "rules", TESTS.name], cwd=rendered,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -91,9 +86,9 @@ def test_every_alert_has_a_case_that_fires_it_and_one_that_keeps_it_quiet(render
 
 
 def test_the_watchdog_reaches_its_own_receiver_only(rendered):
-    subprocess.run([tool("amtool"), "check-config", str(rendered / "alertmanager.yml")], check=True,
+    subprocess.run([prometheus_tool("amtool"), "check-config", str(rendered / "alertmanager.yml")], check=True,
                    capture_output=True)
-    routing = [tool("amtool"), "config", "routes", "test", f"--config.file={rendered / 'alertmanager.yml'}"]
+    routing = [prometheus_tool("amtool"), "config", "routes", "test", f"--config.file={rendered / 'alertmanager.yml'}"]
     assert subprocess.run([*routing, "alertname=Watchdog"], capture_output=True, text=True).stdout.split() == ["watchdog"]
     assert subprocess.run([*routing, "alertname=HostDown", "host=chat-app1"],
                           capture_output=True, text=True).stdout.split() == ["chat"]

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rendering import ROOT, run_play  # noqa: E402 (tests/rendering.py)
+from rendering import prometheus_tool, run_play  # noqa: E402 (tests/rendering.py)
 
 # The roles' defaults (and what vars/site.yml derives) as the lowest layer of
 # the inventory, so that the case's own group and host variables win over them
@@ -76,9 +76,7 @@ def render(tmp_path, inventory, site_vars=None, listens=True):
     if listens:
         run(tmp_path, "listen", LISTEN, LISTEN_DEFAULTS, inventory, site_vars)
     run(tmp_path, "render", RENDER, MONITORING_DEFAULTS, inventory, site_vars)
-    promtool = ROOT / ".build/prometheus/usr/bin/promtool"
-    assert promtool.exists(), "promtool not found: run scripts/bootstrap test"
-    checked = subprocess.run([str(promtool), "check", "config", "--syntax-only", str(tmp_path / "prometheus.yml")],
+    checked = subprocess.run([prometheus_tool("promtool"), "check", "config", "--syntax-only", str(tmp_path / "prometheus.yml")],
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
