@@ -135,3 +135,51 @@ def test_monitoring_tls_verify_set_decides_for_every_web_host(tmp_path, verify, 
         "app": {"hosts": {"app1": {"ansible_host": "10.0.0.11"}}},
         "monitoring": {"hosts": {"mon": {"ansible_host": "10.0.0.9"}}}}}})
     assert {labels["__param_module"] for _, labels in jobs["chat_tls"]} == {module}
+
+
+# Redis fails over by Sentinel: a master and its replica, and Sentinel on
+# both and on the db host (which runs no Redis), as in the cluster scenario.
+SENTINEL_SITE = {"all": {"children": {
+    "app": {"hosts": {"app1": {"ansible_host": "10.0.0.11"}}},
+    "redis": {"hosts": {"redis1": {"ansible_host": "10.0.0.21"}, "redis2": {"ansible_host": "10.0.0.22"}}},
+    "db": {"hosts": {"db1": {"ansible_host": "10.0.0.31"}}},
+    "sentinel": {"hosts": {"redis1": None, "redis2": None, "db1": None}},
+    "monitoring": {"hosts": {"mon": {"ansible_host": "10.0.0.9"}}}}}}
+
+SENTINEL_LISTEN = """\
+- name: Read where each host's Sentinel exporter listens, and what its firewall opens
+  hosts: all
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: Write it
+      ansible.builtin.copy:
+        content: >-
+          {{{{ {{'enabled': exporters_sentinel_enabled | bool, 'port': exporters_sentinel_port | int,
+                'address': exporters_listen_address, 'opened': site_firewall_exporter_ports | map('int') | list}}
+             | to_json }}}}
+        dest: "{out}/sentinel-{{{{ inventory_hostname }}}}.json"
+        mode: "0644"
+"""
+
+
+def test_each_sentinel_host_is_scraped_where_its_sentinel_exporter_listens(tmp_path):
+    site_vars = {"redis_sentinel": True}
+    run(tmp_path, "sentinel", SENTINEL_LISTEN, LISTEN_DEFAULTS, SENTINEL_SITE, site_vars)
+    jobs, _, _ = render(tmp_path, SENTINEL_SITE, site_vars)
+    sentinels = {path.stem.removeprefix("sentinel-"): json.loads(path.read_text())
+                 for path in tmp_path.glob("sentinel-*.json")}
+    assert sorted(host for host, sentinel in sentinels.items() if sentinel["enabled"]) == ["db1", "redis1", "redis2"]
+    targets = {labels["host"]: target for target, labels in jobs["redis_sentinel"]}
+    assert targets == {host: f"{sentinel['address']}:{sentinel['port']}"
+                       for host, sentinel in sentinels.items() if sentinel["enabled"]}
+    assert targets["db1"] == "10.0.0.31:9122"
+    # The firewall lets the monitoring host reach it there, and only there.
+    assert sorted(host for host, sentinel in sentinels.items() if sentinel["port"] in sentinel["opened"]) == sorted(targets)
+    # The Redis exporters stay on the Redis hosts.
+    assert sorted(labels["host"] for _, labels in jobs["redis"]) == ["redis1", "redis2"]
+
+
+def test_a_site_without_sentinel_has_no_sentinel_target(tmp_path):
+    jobs, _, _ = render(tmp_path, SENTINEL_SITE, {"redis_sentinel": False})
+    assert "redis_sentinel" not in jobs
