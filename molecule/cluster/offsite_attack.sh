@@ -52,7 +52,7 @@ case "$url" in
 import asyncio, sys
 
 async def serve(reader, writer):
-    ssh = await asyncio.create_subprocess_exec("ssh", "-T", *sys.argv[1:], stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    ssh = await asyncio.create_subprocess_exec("ssh", "-T", *sys.argv[1:], stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
 
     async def pump(source, sink):
         while data := await source.read(65536):
